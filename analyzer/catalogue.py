@@ -1,0 +1,311 @@
+"""Load and validate the signature catalogue (patterns/*.yaml).
+
+Every problem is collected with its file, rule id and reason; a catalogue with any problem is refused whole.
+Hyperscan compilation is checked separately by ``analyzer.match.compiler`` (same error type).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from analyzer.errors import CatalogueError, RuleProblem
+from analyzer.types import Catalogue, Category, Component, Expression, Rule, Scope, Severity
+
+RULE_FIELDS = frozenset(
+    {
+        "id",
+        "title",
+        "category",
+        "component",
+        "severity",
+        "match",
+        "scope",
+        "transient",
+        "resolve_after",
+        "remediation",
+        "references",
+        "examples",
+    }
+)
+REQUIRED_FIELDS = ("id", "title", "category", "component", "severity", "match", "remediation", "examples")
+EXPRESSION_FIELDS = frozenset({"pattern", "caseless"})
+SCOPE_FIELDS = frozenset({"containers", "namespaces"})
+EXAMPLE_FIELDS = frozenset({"match", "no_match"})
+LANGUAGES = ("en", "pt-BR")
+DEFAULT_RESOLVE_AFTER = 900.0
+
+_E = TypeVar("_E", Category, Severity, Component)
+_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """'90s', '5m', '1h', or a number of seconds -> seconds. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h)")
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+class _RuleReader:
+    """Validates one rule mapping, recording problems instead of stopping at the first."""
+
+    def __init__(self, file: str, raw: Mapping[str, Any], index: int) -> None:
+        self.file = file
+        self.raw = raw
+        rid = raw.get("id")
+        self.rule_id = rid if isinstance(rid, str) else f"#{index + 1}"
+        self.problems: list[RuleProblem] = []
+
+    def problem(self, reason: str) -> None:
+        self.problems.append(RuleProblem(self.file, self.rule_id, reason))
+
+    def text(self, name: str) -> str:
+        value = self.raw.get(name)
+        if not isinstance(value, str) or not value.strip():
+            self.problem(f"'{name}' must be a non-empty string")
+            return ""
+        return value.strip()
+
+    def choice(self, name: str, enum: type[_E]) -> _E | None:
+        value = self.raw.get(name)
+        try:
+            return enum(value)
+        except ValueError:
+            allowed = ", ".join(e.value for e in enum)
+            self.problem(f"'{name}' is {value!r}; expected one of: {allowed}")
+            return None
+
+    def strings(self, value: object, what: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(f"'{what}' must be a string or a list of strings")
+            return ()
+        return tuple(value)
+
+    def expressions(self) -> tuple[Expression, ...]:
+        value = self.raw.get("match")
+        items = value if isinstance(value, list) else [value]
+        out: list[Expression] = []
+        for item in items:
+            if isinstance(item, str) and item:
+                out.append(Expression(item))
+            elif isinstance(item, dict):
+                unknown = set(item) - EXPRESSION_FIELDS
+                if unknown:
+                    self.problem(f"unknown field(s) in 'match': {', '.join(sorted(map(str, unknown)))}")
+                pattern, caseless = item.get("pattern"), item.get("caseless", False)
+                if not isinstance(pattern, str) or not pattern or not isinstance(caseless, bool):
+                    self.problem("'match' entries need a non-empty 'pattern' and a boolean 'caseless'")
+                    continue
+                out.append(Expression(pattern, caseless))
+            else:
+                self.problem("'match' must be an expression or a list of expressions")
+        for e in out:
+            if "\n" in e.pattern:
+                self.problem("an expression may not contain a newline; rules match one line at a time")
+        return tuple(out)
+
+    def scope(self) -> Scope:
+        value = self.raw.get("scope")
+        if value is None:
+            return Scope()
+        if not isinstance(value, dict):
+            self.problem("'scope' must be a mapping with 'containers' and/or 'namespaces'")
+            return Scope()
+        unknown = set(value) - SCOPE_FIELDS
+        if unknown:
+            self.problem(f"unknown field(s) in 'scope': {', '.join(sorted(map(str, unknown)))}")
+        return Scope(
+            containers=self.strings(value.get("containers"), "scope.containers"),
+            namespaces=self.strings(value.get("namespaces"), "scope.namespaces"),
+        )
+
+    def duration(self, name: str, default: float | None) -> float | None:
+        value = self.raw.get(name)
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.problem(f"'{name}': {exc}")
+            return default
+
+    def remediation(self) -> dict[str, str]:
+        value = self.raw.get("remediation")
+        if not isinstance(value, dict):
+            self.problem(f"'remediation' must be a mapping with {' and '.join(LANGUAGES)}")
+            return {}
+        out: dict[str, str] = {}
+        for lang in LANGUAGES:
+            text = value.get(lang)
+            if not isinstance(text, str) or not text.strip():
+                self.problem(f"'remediation.{lang}' must be a non-empty string")
+            else:
+                out[lang] = text.strip()
+        unknown = set(value) - set(LANGUAGES)
+        if unknown:
+            self.problem(f"unknown language(s) in 'remediation': {', '.join(sorted(map(str, unknown)))}")
+        return out
+
+    def examples(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        value = self.raw.get("examples")
+        if not isinstance(value, dict):
+            self.problem("'examples' must be a mapping with 'match' (and optionally 'no_match')")
+            return (), ()
+        unknown = set(value) - EXAMPLE_FIELDS
+        if unknown:
+            self.problem(f"unknown field(s) in 'examples': {', '.join(sorted(map(str, unknown)))}")
+        positive = self.strings(value.get("match"), "examples.match")
+        negative = self.strings(value.get("no_match"), "examples.no_match")
+        if not positive:
+            self.problem("'examples.match' needs at least one line the rule must match")
+        return positive, negative
+
+    def read(self) -> Rule | None:
+        unknown = set(self.raw) - RULE_FIELDS
+        if unknown:
+            self.problem(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+        for name in REQUIRED_FIELDS:
+            if name not in self.raw:
+                self.problem(f"missing required field '{name}'")
+        rid = self.text("id")
+        if rid and not _ID.match(rid):
+            self.problem(f"id {rid!r} must be kebab-case (a-z, 0-9, single dashes)")
+        title = self.text("title")
+        category = self.choice("category", Category)
+        component = self.choice("component", Component)
+        severity = self.choice("severity", Severity)
+        expressions = self.expressions()
+        scope = self.scope()
+        transient = self.duration("transient", None)
+        resolve_after = self.duration("resolve_after", DEFAULT_RESOLVE_AFTER)
+        remediation = self.remediation()
+        references = self.strings(self.raw.get("references"), "references")
+        positive, negative = self.examples()
+        if self.problems or category is None or component is None or severity is None:
+            return None
+        assert resolve_after is not None
+        return Rule(
+            id=rid,
+            title=title,
+            category=category,
+            component=component,
+            severity=severity,
+            expressions=expressions,
+            scope=scope,
+            transient=transient,
+            resolve_after=resolve_after,
+            remediation=remediation,
+            references=references,
+            examples_match=positive,
+            examples_no_match=negative,
+            source=self.file,
+        )
+
+
+def _read_file(path: Path) -> tuple[list[Rule], list[RuleProblem]]:
+    name = str(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [RuleProblem(name, None, f"cannot read: {exc}")]
+    except yaml.YAMLError as exc:
+        return [], [RuleProblem(name, None, f"invalid YAML: {exc}")]
+    if not isinstance(document, dict) or set(document) != {"rules"} or not isinstance(document["rules"], list):
+        return [], [RuleProblem(name, None, "expected a mapping with exactly one key, 'rules', holding a list")]
+    rules: list[Rule] = []
+    problems: list[RuleProblem] = []
+    for index, raw in enumerate(document["rules"]):
+        if not isinstance(raw, dict):
+            problems.append(RuleProblem(name, f"#{index + 1}", "each rule must be a mapping"))
+            continue
+        reader = _RuleReader(name, raw, index)
+        rule = reader.read()
+        problems.extend(reader.problems)
+        if rule is not None:
+            rules.append(rule)
+    return rules, problems
+
+
+def digest_rules(rules: Iterable[Rule]) -> str:
+    canonical = [
+        {
+            "id": r.id,
+            "title": r.title,
+            "category": r.category.value,
+            "component": r.component.value,
+            "severity": r.severity.value,
+            "match": [[e.pattern, e.caseless] for e in r.expressions],
+            "scope": [list(r.scope.containers), list(r.scope.namespaces)],
+            "transient": r.transient,
+            "resolve_after": r.resolve_after,
+            "remediation": dict(r.remediation),
+            "references": list(r.references),
+        }
+        for r in rules
+    ]
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def pattern_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def load_catalogue(directory: Path | str) -> Catalogue:
+    """Read every *.yaml under ``directory``. Raises CatalogueError listing every problem."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CatalogueError([RuleProblem(str(directory), None, "not a directory")])
+    files = pattern_files(directory)
+    if not files:
+        raise CatalogueError([RuleProblem(str(directory), None, "no *.yaml signature files")])
+    rules: list[Rule] = []
+    problems: list[RuleProblem] = []
+    for path in files:
+        file_rules, file_problems = _read_file(path)
+        rules.extend(file_rules)
+        problems.extend(file_problems)
+    seen: dict[str, str] = {}
+    for rule in rules:
+        if rule.id in seen:
+            problems.append(RuleProblem(rule.source, rule.id, f"duplicate id (also in {seen[rule.id]})"))
+        seen.setdefault(rule.id, rule.source)
+    if problems:
+        raise CatalogueError(problems)
+    rules.sort(key=lambda r: r.id)
+    return Catalogue(rules=tuple(rules), digest=digest_rules(rules))
+
+
+def default_patterns_dir() -> Path:
+    """patterns/ next to the package in a checkout, else the copy installed with it."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "patterns", here / "patterns"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "patterns"
