@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -69,6 +70,19 @@ class Scope:
         return not (self.namespaces and namespace is not None and namespace not in self.namespaces)
 
 
+# Container names each Istio component runs as; a rule of that component applies only to those containers
+# (where the record names its container). "app" is every container that is none of these.
+COMPONENT_CONTAINERS: Mapping[Component, frozenset[str]] = MappingProxyType(
+    {
+        Component.ISTIOD: frozenset({"discovery", "istiod"}),
+        Component.ISTIO_PROXY: frozenset({"istio-proxy", "istio-ingressgateway", "istio-egressgateway"}),
+        Component.ISTIO_INIT: frozenset({"istio-init", "istio-validation"}),
+        Component.ISTIO_CNI: frozenset({"install-cni", "istio-cni", "istio-cni-node", "cni-agent"}),
+    }
+)
+ISTIO_CONTAINERS = frozenset().union(*COMPONENT_CONTAINERS.values())
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     id: str
@@ -85,6 +99,16 @@ class Rule:
     examples_match: tuple[str, ...]
     examples_no_match: tuple[str, ...]
     source: str  # the file the rule came from, for error messages
+
+    def applies_to(self, container: str | None, namespace: str | None) -> bool:
+        """Component and scope filters; each applies only where the record carries the metadata."""
+        if container is not None and self.component is not Component.ANY:
+            if self.component is Component.APP:
+                if container in ISTIO_CONTAINERS:
+                    return False
+            elif container not in COMPONENT_CONTAINERS[self.component] and not self.scope.containers:
+                return False
+        return self.scope.admits(container, namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,3 +169,43 @@ class Occurrence:
     key: IncidentKey
     time: float
     evidence: Evidence
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """Occurrences of one rule and key, folded: no two occurrences further apart than resolve_after."""
+
+    rule_id: str
+    key: IncidentKey
+    first_seen: float
+    last_seen: float
+    count: int
+    head: tuple[Evidence, ...]  # the earliest few lines, oldest first
+    tail: tuple[Evidence, ...]  # the latest few lines, oldest first
+    pods: tuple[str, ...] = ()  # sorted, bounded
+
+    @property
+    def id(self) -> str:
+        """Stable for the same rule, key and first_seen (so replays give the same ids)."""
+        k = self.key
+        raw = f"{self.rule_id}\x1f{k.cluster}\x1f{k.namespace}\x1f{k.workload}\x1f{self.first_seen!r}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetUpdate:
+    """Next offset to consume for a partition; ``previous`` is what the writer believes is stored."""
+
+    topic: str
+    partition: int
+    previous: int | None
+    next: int
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What one batch changed: written in one store transaction together with its offsets."""
+
+    upserts: tuple[Interval, ...] = ()
+    deletes: tuple[str, ...] = ()  # interval ids replaced by a merge
+    stream_time: float | None = None
