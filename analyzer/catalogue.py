@@ -92,7 +92,7 @@ class _RuleReader:
     def choice(self, name: str, enum: type[_E]) -> _E | None:
         value = self.raw.get(name)
         try:
-            return enum(value)
+            return enum(str(value))
         except ValueError:
             allowed = ", ".join(e.value for e in enum)
             self.problem(f"'{name}' is {value!r}; expected one of: {allowed}")
