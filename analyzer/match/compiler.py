@@ -1,0 +1,209 @@
+"""Catalogue -> Hyperscan databases, with a serialized cache keyed by content hash, and the rule lint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hyperscan
+
+from analyzer.errors import CatalogueError, RuleProblem
+from analyzer.match.literals import required_fragments, trailing_unbounded_repeat
+from analyzer.types import Catalogue, Expression
+
+# Bump when the way databases are built changes, so stale cache entries are never loaded.
+_BUILD_VERSION = "1"
+_MODE = hyperscan.HS_MODE_BLOCK
+
+
+def _flags(expression: Expression) -> int:
+    return hyperscan.HS_FLAG_MULTILINE | (hyperscan.HS_FLAG_CASELESS if expression.caseless else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One expression in the database: who owns it (a rule id, or an internal ``signal:`` id)."""
+
+    owner: str
+    expression: Expression
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Warning_:
+    file: str
+    rule_id: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: rule {self.rule_id}: warning: {self.message}"
+
+
+class CompiledCatalogue:
+    """The compiled databases for one catalogue (plus internal signals).
+
+    ``db`` is the exact database over decoded log text; ``prefilter`` is a literal database over raw
+    JSON-encoded records: every expression's match implies one of its required literal fragments, none of
+    which contains a character a JSON encoder escapes, so a record without a literal hit cannot match.
+    ``prefilter`` is None when some expression has no such fragment (then every record must be decoded).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        db: Any,
+        prefilter: Any | None,
+        key: str,
+        from_cache: bool,
+    ) -> None:
+        self.entries = tuple(entries)
+        self.owners = tuple(e.owner for e in entries)
+        self.db = db
+        self.prefilter = prefilter
+        self.key = key
+        self.from_cache = from_cache
+
+
+def _entries(catalogue: Catalogue, signals: Mapping[str, Expression]) -> list[Entry]:
+    entries = [Entry(rule.id, e, rule.source) for rule in catalogue.rules for e in rule.expressions]
+    entries.extend(Entry(sid, e, "<internal signals>") for sid, e in signals.items())
+    return entries
+
+
+def _cache_key(entries: Sequence[Entry]) -> str:
+    spec = [[e.owner, e.expression.pattern, e.expression.caseless] for e in entries]
+    raw = json.dumps([_BUILD_VERSION, getattr(hyperscan, "__version__", "?"), spec], sort_keys=True).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _compile(patterns: Sequence[bytes], flags: Sequence[int], *, literal: bool = False) -> Any:
+    db = hyperscan.Database(mode=_MODE)
+    db.compile(
+        expressions=list(patterns),
+        ids=list(range(len(patterns))),
+        elements=len(patterns),
+        flags=list(flags),
+        literal=literal,
+    )
+    return db
+
+
+def compile_problems(entries: Sequence[Entry]) -> list[RuleProblem]:
+    """Compile each expression alone: Hyperscan's own message, with the file and rule it belongs to."""
+    problems = []
+    for entry in entries:
+        try:
+            _compile([entry.expression.pattern.encode()], [_flags(entry.expression)])
+        except hyperscan.error as exc:
+            reason = exc.args[0] if exc.args else str(exc)
+            problems.append(
+                RuleProblem(entry.source, entry.owner, f"Hyperscan rejects {entry.expression.pattern!r}: {reason}")
+            )
+    return problems
+
+
+def _prefilter_literals(entries: Sequence[Entry]) -> list[tuple[bytes, bool]] | None:
+    literals: set[tuple[bytes, bool]] = set()
+    for entry in entries:
+        fragments = required_fragments(entry.expression.pattern)
+        if fragments is None:
+            return None
+        literals.update((f, entry.expression.caseless) for f in fragments)
+    return sorted(literals)
+
+
+def lint(catalogue: Catalogue) -> list[Warning_]:
+    """Warnings that do not stop a catalogue from loading but cost speed."""
+    warnings = []
+    for rule in catalogue.rules:
+        for e in rule.expressions:
+            if trailing_unbounded_repeat(e.pattern):
+                warnings.append(
+                    Warning_(
+                        rule.source,
+                        rule.id,
+                        f"{e.pattern!r} ends in an unbounded repeat: trim it (same matching lines, "
+                        "one match event instead of one per character)",
+                    )
+                )
+            if required_fragments(e.pattern) is None:
+                warnings.append(
+                    Warning_(
+                        rule.source,
+                        rule.id,
+                        f"{e.pattern!r} has no required literal of 3+ JSON-safe characters: every Fluent Bit "
+                        "record must then be decoded before matching (much slower); lead with a literal",
+                    )
+                )
+    return warnings
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mesh-analyzer"
+
+
+def _load_cached(path: Path) -> Any | None:
+    try:
+        blob = path.read_bytes()
+        db = hyperscan.loadb(blob, _MODE)
+        db.scratch = hyperscan.Scratch(db)
+        return db
+    except (OSError, hyperscan.error):
+        return None
+
+
+def _store_cached(path: Path, db: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(hyperscan.dumpb(db))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache is an optimisation; a read-only home must not stop the analyzer
+
+
+def compile_catalogue(
+    catalogue: Catalogue,
+    signals: Mapping[str, Expression] | None = None,
+    *,
+    cache_dir: Path | None = None,
+) -> CompiledCatalogue:
+    """Build (or load from cache) the databases. Raises CatalogueError naming file, rule and reason."""
+    entries = _entries(catalogue, signals or {})
+    if not entries:
+        raise CatalogueError([RuleProblem("<catalogue>", None, "no expressions to compile")])
+    key = _cache_key(entries)
+    literals = _prefilter_literals(entries)
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    exact_path, pre_path = cache / f"{key}.exact.hsdb", cache / f"{key}.prefilter.hsdb"
+
+    db = _load_cached(exact_path)
+    prefilter = _load_cached(pre_path) if literals is not None and db is not None else None
+    from_cache = db is not None and (literals is None or prefilter is not None)
+    if not from_cache:
+        try:
+            db = _compile([e.expression.pattern.encode() for e in entries], [_flags(e.expression) for e in entries])
+        except hyperscan.error as exc:
+            problems = compile_problems(entries)
+            if not problems:  # only the combination failed (e.g. too large)
+                problems = [RuleProblem("<catalogue>", None, f"Hyperscan cannot compile the catalogue: {exc}")]
+            raise CatalogueError(problems) from exc
+        db.scratch = hyperscan.Scratch(db)
+        _store_cached(exact_path, db)
+        if literals is not None:
+            prefilter = _compile(
+                [lit for lit, _ in literals],
+                [hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in literals],
+                literal=True,
+            )
+            prefilter.scratch = hyperscan.Scratch(prefilter)
+            _store_cached(pre_path, prefilter)
+    return CompiledCatalogue(entries, db, prefilter, key, from_cache)

@@ -1,0 +1,107 @@
+"""Batch scanning: many lines per Hyperscan call, match ends mapped back to lines with numpy.
+
+Contract: an owner (rule or signal) is reported for a line if and only if one of its expressions matches
+the line alone. Lines are joined with ``\\n`` and scanned in batches; a match can only be claimed by a line
+after an exact rescan of that line, so expressions that cross the separator (``\\s``, ``[^x]``) cannot
+produce false matches, and the batch scan cannot miss one (a match inside a line is a match in the batch).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from analyzer.match.compiler import CompiledCatalogue
+
+# 1-5k lines (0.3-3 MB) keep a batch in cache; far larger batches were measured slower (DESIGN.md).
+BATCH_BYTES = 1 << 20
+BATCH_LINES = 4096
+
+IndexArray = npt.NDArray[np.intp]
+
+
+def _collect_end(_id: int, _from: int, to: int, _flags: int, ends: list[int]) -> None:
+    ends.append(to)
+
+
+def _collect_id(expr_id: int, _from: int, _to: int, _flags: int, ids: set[int]) -> None:
+    ids.add(expr_id)
+
+
+def _scan_batches(db: Any, lines: Sequence[bytes]) -> IndexArray:
+    """Indices of lines where a batch scan reported a match end (a superset of the matching lines)."""
+    n = len(lines)
+    if n == 0:
+        return np.empty(0, dtype=np.intp)
+    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=n)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lengths[:-1] + 1, out=starts[1:])
+    byte_cuts = np.searchsorted(starts, np.arange(BATCH_BYTES, int(starts[-1]) + 1, BATCH_BYTES))
+    line_cuts = np.arange(BATCH_LINES, n, BATCH_LINES)
+    cuts = np.unique(np.concatenate(([0, n], byte_cuts, line_cuts))).tolist()
+    found = []
+    for a, b in itertools.pairwise(cuts):
+        ends: list[int] = []
+        db.scan(b"\n".join(lines[a:b]), match_event_handler=_collect_end, context=ends)
+        if ends:
+            # The last byte of a match (end - 1) lies in the line that started at or before it.
+            local = starts[a:b] - starts[a]
+            hit = np.searchsorted(local, np.asarray(ends, dtype=np.int64) - 1, side="right") - 1
+            found.append(np.unique(hit) + a)
+    return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
+
+
+class Matcher:
+    """Exact matching of decoded lines against a compiled catalogue."""
+
+    def __init__(self, compiled: CompiledCatalogue) -> None:
+        self.compiled = compiled
+        self._db = compiled.db
+        self._owners = compiled.owners
+
+    def one(self, line: bytes) -> tuple[str, ...]:
+        """Owners matching one line, in catalogue order, without duplicates."""
+        ids: set[int] = set()
+        self._db.scan(line, match_event_handler=_collect_id, context=ids)
+        if not ids:
+            return ()
+        return tuple(dict.fromkeys(self._owners[i] for i in sorted(ids)))
+
+    def candidates(self, lines: Sequence[bytes]) -> IndexArray:
+        """Indices of lines the batch scan flags (a superset of the matching lines)."""
+        return _scan_batches(self._db, lines)
+
+    def __call__(self, lines: Sequence[bytes]) -> list[tuple[int, tuple[str, ...]]]:
+        """(index, owners) for every line that matches, in input order."""
+        out = []
+        for i in self.candidates(lines).tolist():
+            owners = self.one(lines[i])
+            if owners:
+                out.append((i, owners))
+        return out
+
+
+class RecordPrefilter:
+    """Which raw JSON-encoded records can match at all: literal scan of the encoded bytes.
+
+    A record is a candidate when it contains one of the required literal fragments (case as the expression
+    asks). Candidates must then be decoded and checked with ``Matcher.one``; the rest cannot match. Without
+    a literal database (some expression lacks a safe literal) every record is a candidate.
+    """
+
+    def __init__(self, compiled: CompiledCatalogue) -> None:
+        self._db = compiled.prefilter
+
+    @property
+    def exhaustive(self) -> bool:
+        """False when every record has to be decoded (no usable literals)."""
+        return self._db is not None
+
+    def __call__(self, records: Sequence[bytes]) -> IndexArray:
+        if self._db is None:
+            return np.arange(len(records), dtype=np.intp)
+        return _scan_batches(self._db, records)

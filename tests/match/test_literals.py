@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analyzer.match.literals import required_fragments, trailing_unbounded_repeat
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("Failed to watch[^\\n]{0,400}dial tcp", {b"Failed to watch"}),
+        ("(connection refused|i/o timeout)", {b"connection refused", b"o timeout"}),
+        ('"level":"error"', {b"level"}),
+        ("(?:foo)+barbaz", {b"barbaz"}),
+        ("iptables-restore: line [0-9]+ failed", {b"iptables-restore: line "}),
+        ("ab(cd|ef)", None),  # no fragment of 3+ characters on every path
+        ("x.*", None),
+        ("(?:abc)?defg", {b"defg"}),  # an optional group is not required
+    ],
+)
+def test_required_fragments(pattern: str, expected: set[bytes] | None) -> None:
+    got = required_fragments(pattern)
+    assert (None if got is None else set(got)) == expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [("abc.*", True), ("abc+", True), ("ab(c|d+)", True), ("abc{2,}", True), ("abc.{0,9}", False), ("a+bc", False)],
+)
+def test_trailing_unbounded_repeat(pattern: str, expected: bool) -> None:
+    assert trailing_unbounded_repeat(pattern) is expected
+
+
+_pieces = st.sampled_from(["abc", "defg", "(?:xyz|uvw)", "[0-9]+", ".{0,5}", "(?:qq)?", "hijk|lmno", " ", "a*"])
+
+
+_words = st.lists(
+    st.sampled_from(["abc", "defg", "xyz", "uvw", "hijk", "lmno", "12", "qq", " ", "a", "b"]), max_size=12
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_pieces, min_size=1, max_size=5), _words.map("".join))
+def test_every_match_contains_a_fragment(parts: list[str], text: str) -> None:
+    pattern = "".join(parts)
+    fragments = required_fragments(pattern)
+    if fragments is None:
+        return
+    m = re.search(pattern.encode(), text.encode(), re.M)
+    if m:
+        assert any(f in m.group(0) for f in fragments), (pattern, text, fragments)
