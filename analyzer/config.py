@@ -1,0 +1,63 @@
+"""Settings: one frozen model, read from ANALYZER_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ANALYZER_", frozen=True, extra="ignore")
+
+    # Kafka. No bootstrap: `serve` starts the bundled local broker (demo / development).
+    kafka_bootstrap: str | None = None
+    kafka_topics: Annotated[tuple[str, ...], NoDecode] = ("istio-logs",)
+    kafka_group: str = "mesh-analyzer"
+    kafka_client_id: str = "mesh-analyzer"
+    kafka_max_records: int = Field(default=5000, ge=1, description="records per getmany batch")
+    kafka_fetch_timeout: float = Field(default=0.5, gt=0, description="seconds getmany waits for data")
+    kafka_request_timeout: float = Field(default=15.0, gt=0)
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    max_record_bytes: int = Field(default=1 << 20, ge=1024, description="larger records are rejected, counted")
+
+    # Store.
+    store_url: str = "sqlite:///./analyzer.db"
+    store_timeout: float = Field(default=10.0, gt=0, description="seconds any store call may take")
+
+    # Catalogue and incidents.
+    patterns_dir: Path | None = None
+    cluster: str = "default"
+    allowed_lateness: float = Field(default=30.0, ge=0, description="seconds of out-of-order event time")
+    max_keys_per_rule: int = Field(default=10_000, ge=1)
+    startup_window: float = Field(default=60.0, gt=0, description="app-started-before-proxy window, seconds")
+
+    # HTTP API.
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    api_token: str | None = None
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    max_body_bytes: int = 64 * 1024
+
+    # Logging.
+    log_level: str = "info"
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    @field_validator("kafka_topics", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("kafka_topics")
+    @classmethod
+    def _some_topic(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one topic is required")
+        return value
