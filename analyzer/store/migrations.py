@@ -1,0 +1,138 @@
+"""Versioned schema migrations: one logical schema, one list of steps per backend.
+
+Append new versions at the end of BOTH lists (same version numbers); never edit an applied step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+SQLITE_SCHEMA_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+)
+POSTGRES_SCHEMA_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+)
+
+# Indexes serve the API: newest first, and the equality filters followed by the same ordering.
+_COMMON_INDEXES = (
+    "CREATE INDEX incidents_last_seen ON incidents (last_seen DESC, id DESC)",
+    "CREATE INDEX incidents_rule ON incidents (rule_id, last_seen DESC)",
+    "CREATE INDEX incidents_category ON incidents (category, severity, last_seen DESC)",
+    "CREATE INDEX incidents_severity ON incidents (severity, last_seen DESC)",
+    "CREATE INDEX incidents_workload ON incidents (namespace, workload, last_seen DESC)",
+    "CREATE INDEX silences_expires ON silences (expires_at)",
+)
+
+SQLITE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "incidents, offsets, stream times, silences",
+        (
+            """CREATE TABLE incidents (
+                id TEXT PRIMARY KEY,
+                rule_id TEXT NOT NULL,
+                cluster TEXT NOT NULL,
+                namespace TEXT NOT NULL,
+                workload TEXT NOT NULL,
+                first_seen REAL NOT NULL,
+                last_seen REAL NOT NULL,
+                count INTEGER NOT NULL,
+                head TEXT NOT NULL,
+                tail TEXT NOT NULL,
+                pods TEXT NOT NULL,
+                category TEXT NOT NULL,
+                severity TEXT NOT NULL,
+                transient REAL,
+                resolve_after REAL NOT NULL,
+                acked_at REAL,
+                acked_by TEXT
+            )""",
+            """CREATE TABLE offsets (
+                consumer_group TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                partition_id INTEGER NOT NULL,
+                next_offset INTEGER NOT NULL,
+                PRIMARY KEY (consumer_group, topic, partition_id)
+            )""",
+            "CREATE TABLE stream_times (consumer_group TEXT PRIMARY KEY, stream_time REAL NOT NULL)",
+            """CREATE TABLE silences (
+                id TEXT PRIMARY KEY,
+                rule TEXT,
+                cluster TEXT,
+                namespace TEXT,
+                workload TEXT,
+                expires_at REAL NOT NULL,
+                created_by TEXT NOT NULL,
+                comment TEXT NOT NULL
+            )""",
+            *_COMMON_INDEXES,
+        ),
+    ),
+)
+
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "incidents, offsets, stream times, silences",
+        (
+            """CREATE TABLE incidents (
+                id TEXT PRIMARY KEY,
+                rule_id TEXT NOT NULL,
+                cluster TEXT NOT NULL,
+                namespace TEXT NOT NULL,
+                workload TEXT NOT NULL,
+                first_seen DOUBLE PRECISION NOT NULL,
+                last_seen DOUBLE PRECISION NOT NULL,
+                count BIGINT NOT NULL,
+                head JSONB NOT NULL,
+                tail JSONB NOT NULL,
+                pods JSONB NOT NULL,
+                category TEXT NOT NULL,
+                severity TEXT NOT NULL,
+                transient DOUBLE PRECISION,
+                resolve_after DOUBLE PRECISION NOT NULL,
+                acked_at DOUBLE PRECISION,
+                acked_by TEXT
+            )""",
+            """CREATE TABLE offsets (
+                consumer_group TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                partition_id INTEGER NOT NULL,
+                next_offset BIGINT NOT NULL,
+                PRIMARY KEY (consumer_group, topic, partition_id)
+            )""",
+            "CREATE TABLE stream_times (consumer_group TEXT PRIMARY KEY, stream_time DOUBLE PRECISION NOT NULL)",
+            """CREATE TABLE silences (
+                id TEXT PRIMARY KEY,
+                rule TEXT,
+                cluster TEXT,
+                namespace TEXT,
+                workload TEXT,
+                expires_at DOUBLE PRECISION NOT NULL,
+                created_by TEXT NOT NULL,
+                comment TEXT NOT NULL
+            )""",
+            *_COMMON_INDEXES,
+            # The pod filter is jsonb containment (pods @> '["name"]').
+            "CREATE INDEX incidents_pods ON incidents USING GIN (pods jsonb_path_ops)",
+        ),
+    ),
+)
+
+
+def pending(migrations: tuple[Migration, ...], current: int) -> tuple[Migration, ...]:
+    """The steps after ``current``; the caller refuses a database newer than the code."""
+    return tuple(m for m in migrations if m.version > current)
+
+
+def latest(migrations: tuple[Migration, ...]) -> int:
+    return max((m.version for m in migrations), default=0)

@@ -1,0 +1,255 @@
+"""Embedded SQLite backend: one connection, WAL mode, blocking calls in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from analyzer.errors import StaleOffsetError, StoreError
+from analyzer.store import migrations as mig
+from analyzer.store.base import SQLITE, IncidentPage, IncidentQuery, IncidentRow, Silence, encode_cursor
+from analyzer.store.sql import (
+    absorb,
+    check_rules,
+    inherit_acks,
+    list_query,
+    merge_order,
+    near_params,
+    row_to_incident,
+    row_to_interval,
+    row_to_silence,
+    silence_params,
+    statements,
+    upsert_params,
+)
+from analyzer.types import Changes, Interval, OffsetUpdate, Rule
+
+T = TypeVar("T")
+
+_SQL = statements(SQLITE)
+
+
+class SqliteStore:
+    """The embedded default. ``path`` is a file path or ``:memory:``."""
+
+    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+        # The asyncio lock keeps one call in flight; this one also covers a worker thread that outlives its
+        # cancelled caller (a thread cannot be interrupted), so the next call never shares the connection.
+        self._thread_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self._path!r})"
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("the SQLite store is not open")
+
+        def call() -> T:
+            with self._thread_lock:
+                return fn(conn)
+
+        async with self._lock:
+            try:
+                return await asyncio.to_thread(call)
+            except sqlite3.Error as e:
+                raise StoreError(f"SQLite {self._path}: {e}") from e
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            self._conn = await asyncio.to_thread(self._connect)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot open SQLite database {self._path}: {e}") from e
+        try:
+            await self._run(_migrate)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread=False: calls hop between
+        # worker threads but never overlap (see the locks).
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL may lose the last commits on power loss but never tears one: offsets roll back
+            # together with their incidents, so the batch is simply consumed again.
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        async with self._lock:
+
+            def shut() -> None:
+                with self._thread_lock:
+                    conn.close()
+
+            await asyncio.to_thread(shut)
+
+    async def ping(self) -> bool:
+        try:
+            return await self._run(lambda c: c.execute("SELECT 1").fetchone() == (1,))
+        except Exception:
+            return False
+
+    # -- writes -----------------------------------------------------------------------------------------------
+
+    async def commit_batch(
+        self,
+        group: str,
+        changes: Changes,
+        offsets: Sequence[OffsetUpdate],
+        rules: Mapping[str, Rule],
+    ) -> None:
+        check_rules(changes, rules)
+
+        def apply(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _check_offsets(conn, group, offsets)
+                acked = [row for i in changes.deletes for row in conn.execute(_SQL.acked_among, {"id": i})]
+                conn.executemany(_SQL.delete, [{"id": i} for i in changes.deletes])
+                conn.executemany(_SQL.upsert, upsert_params(changes, rules, inherit_acks(changes, acked)))
+                for iv in merge_order(changes):
+                    _merge_one(conn, iv, rules)
+                if changes.stream_time is not None:
+                    conn.execute(_SQL.stream_time_upsert, {"group": group, "st": float(changes.stream_time)})
+
+        await self._run(apply)
+
+    async def ack(self, incident_id: str, by: str, at: float) -> bool:
+        def apply(conn: sqlite3.Connection) -> bool:
+            return conn.execute(_SQL.ack, {"id": incident_id, "by": by, "at": float(at)}).rowcount == 1
+
+        return await self._run(apply)
+
+    async def add_silence(self, silence: Silence) -> str:
+        silence_id = silence.id or uuid.uuid4().hex
+        params = silence_params(silence, silence_id)
+        await self._run(lambda c: c.execute(_SQL.add_silence, params))
+        return silence_id
+
+    # -- reads ------------------------------------------------------------------------------------------------
+
+    async def load_offsets(self, group: str, topic: str) -> dict[int, int]:
+        rows = await self._run(lambda c: c.execute(_SQL.load_offsets, {"group": group, "topic": topic}).fetchall())
+        return {int(p): int(o) for p, o in rows}
+
+    async def stream_time(self, group: str | None = None) -> float | None:
+        if group is None:
+            row = await self._run(lambda c: c.execute(_SQL.stream_time_max).fetchone())
+        else:
+            row = await self._run(lambda c: c.execute(_SQL.stream_time_of, {"group": group}).fetchone())
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def live_intervals(self, group_stream_time: float) -> list[Interval]:
+        params = {"st": float(group_stream_time)}
+        rows = await self._run(lambda c: c.execute(_SQL.live_intervals, params).fetchall())
+        return [row_to_interval(r) for r in rows]
+
+    async def list_incidents(self, query: IncidentQuery) -> IncidentPage:
+        sql, params = list_query(SQLITE, query)
+        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
+        items = [row_to_incident(r) for r in rows[: query.limit]]
+        more = len(rows) > query.limit
+        return IncidentPage(items, encode_cursor(items[-1].last_seen, items[-1].id) if more else None)
+
+    async def get_incident(self, incident_id: str, stream_time: float, now: float | None = None) -> IncidentRow | None:
+        params = {"id": incident_id, "st": float(stream_time), "now": float(stream_time if now is None else now)}
+        row = await self._run(lambda c: c.execute(_SQL.get_incident, params).fetchone())
+        return None if row is None else row_to_incident(row)
+
+    async def list_silences(self, now: float) -> list[Silence]:
+        rows = await self._run(lambda c: c.execute(_SQL.list_silences, {"now": float(now)}).fetchall())
+        return [row_to_silence(r) for r in rows]
+
+    async def suppressed_by_rule(self, stream_time: float) -> list[tuple[str, int]]:
+        rows = await self._run(lambda c: c.execute(_SQL.suppressed_by_rule, {"st": float(stream_time)}).fetchall())
+        return [(str(r), int(n)) for r, n in rows]
+
+    async def counts_by_status(self, stream_time: float) -> list[tuple[str, str, str, int]]:
+        rows = await self._run(lambda c: c.execute(_SQL.counts_by_status, {"st": float(stream_time)}).fetchall())
+        return [(str(s), str(c), str(v), int(n)) for s, c, v, n in rows]
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception.
+
+    IMMEDIATE takes the write lock up front, so two writers on one file serialise at BEGIN (waiting up to the
+    busy timeout) and the second sees the first one's offsets.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        elif self._conn.in_transaction:  # some errors (SQLITE_FULL, ...) have rolled back already
+            self._conn.execute("ROLLBACK")
+
+
+def _merge_one(conn: sqlite3.Connection, iv: Interval, rules: Mapping[str, Rule]) -> None:
+    """Fold ``iv`` into the stored intervals it touches (repeatedly: a merge widens the span)."""
+    resolve_after = rules[iv.rule_id].resolve_after
+    replaced: list[str] = []
+    while rows := conn.execute(_SQL.near, near_params(iv, resolve_after)).fetchall():
+        iv, ids = absorb(iv, rows)
+        replaced.extend(ids)
+        conn.executemany(_SQL.delete, [{"id": i} for i in ids])
+    merged = Changes(upserts=(iv,), deletes=tuple(replaced))
+    acked = [row for i in replaced for row in conn.execute(_SQL.acked_among, {"id": i})]
+    conn.executemany(_SQL.upsert, upsert_params(merged, rules, inherit_acks(merged, acked)))
+
+
+def _check_offsets(conn: sqlite3.Connection, group: str, offsets: Sequence[OffsetUpdate]) -> None:
+    for o in sorted(offsets, key=lambda o: (o.topic, o.partition)):
+        params: dict[str, Any] = {"group": group, "topic": o.topic, "partition": o.partition, "next": o.next}
+        if o.previous is None:
+            cur = conn.execute(_SQL.offset_insert, params)
+        else:
+            cur = conn.execute(_SQL.offset_update, {**params, "previous": o.previous})
+        if cur.rowcount != 1:
+            raise StaleOffsetError(
+                f"offset of {group}/{o.topic}[{o.partition}] is no longer {o.previous}: "
+                "another consumer owns this partition now"
+            )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    with _transaction(conn):
+        conn.execute(mig.SQLITE_SCHEMA_VERSION_TABLE)
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        newest = mig.latest(mig.SQLITE_MIGRATIONS)
+        if current > newest:
+            raise StoreError(f"database schema version {current} is newer than this analyzer knows ({newest})")
+        for m in mig.pending(mig.SQLITE_MIGRATIONS, current):
+            for statement in m.statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (m.version, time.time()))
