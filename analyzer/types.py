@@ -209,3 +209,6 @@ class Changes:
     upserts: tuple[Interval, ...] = ()
     deletes: tuple[str, ...] = ()  # interval ids replaced by a merge
     stream_time: float | None = None
+    # New occurrences folded within one batch: the store merges each into what it already holds for the same
+    # rule and key (within resolve_after), so consumers of different partitions build one incident together.
+    merges: tuple[Interval, ...] = ()
