@@ -1,0 +1,381 @@
+"""Command line: `serve`, `scan`, `match`, `rules check|test|list|export`.
+
+Heavy modules (hyperscan, numpy, the service stack) are imported inside the commands that need them, so
+`--help` and small pipes start fast. Exit codes: 0 ok, 1 findings/failures, 2 usage or input errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from analyzer.match import CompiledCatalogue
+    from analyzer.offline import Incident
+    from analyzer.types import Catalogue
+
+PROG = "mesh-analyzer"
+FORMATS = ("auto", "plain", "cri", "docker", "fluentbit")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not a usage dump: people run this in pipes and loops.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _patterns_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--patterns",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="signature directory (default: $ANALYZER_PATTERNS_DIR, else the bundled patterns/)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Known Istio / ASM problems in mesh logs, as incidents.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    commands.add_parser("serve", help="consume Kafka, keep incidents, serve the HTTP API")
+
+    scan = commands.add_parser("scan", help="incidents in log files (e.g. kubectl logs output)")
+    scan.add_argument("files", nargs="*", default=["-"], metavar="FILE", help="files to read; - is stdin")
+    scan.add_argument("--output", choices=("table", "json"), default="table")
+    scan.add_argument("--format", choices=FORMATS, default="auto", help="record envelope (default: per record)")
+    scan.add_argument("--cluster", default=None, help="cluster name for the incident key")
+    scan.add_argument("--namespace", default=None, help="namespace to assume for records that carry none")
+    scan.add_argument("--pod", default=None, help="pod to assume for records that carry none")
+    scan.add_argument("--container", default=None, help="container to assume for records that carry none")
+    scan.add_argument(
+        "--now",
+        action="store_true",
+        help="derive status at the wall clock instead of at the last event time in the input",
+    )
+    _patterns_arg(scan)
+
+    match = commands.add_parser("match", help="one JSON object per input line that matches a rule")
+    match.add_argument("file", nargs="?", default="-", metavar="FILE", help="file to read; - is stdin")
+    match.add_argument("--format", choices=FORMATS, default="auto")
+    _patterns_arg(match)
+
+    rules = commands.add_parser("rules", help="check, test, list or export the signature catalogue")
+    verbs = rules.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    for name, text in (
+        ("check", "compile and lint; exit 1 on any error"),
+        ("test", "run every rule's examples; exit 1 on any failure"),
+    ):
+        _patterns_arg(verbs.add_parser(name, help=text))
+    listing = verbs.add_parser("list", help="id, title, category, severity, component")
+    listing.add_argument("--output", choices=("table", "json"), default="table")
+    _patterns_arg(listing)
+    export = verbs.add_parser("export", help="one expression per line, for grep -E / ripgrep")
+    export.add_argument("--format", choices=("regex",), default="regex")
+    _patterns_arg(export)
+    return parser
+
+
+def _version() -> str:
+    from analyzer import __version__
+
+    return __version__
+
+
+def _patterns_dir(arg: Path | None) -> Path:
+    import os
+
+    from analyzer.catalogue import default_patterns_dir
+
+    if arg is not None:
+        return arg
+    env = os.environ.get("ANALYZER_PATTERNS_DIR")
+    return Path(env) if env else default_patterns_dir()
+
+
+def _load(arg: Path | None) -> tuple[Catalogue, CompiledCatalogue]:
+    from analyzer.catalogue import load_catalogue
+    from analyzer.match import compile_catalogue
+
+    catalogue = load_catalogue(_patterns_dir(arg))
+    return catalogue, compile_catalogue(catalogue)
+
+
+# -- rules -------------------------------------------------------------------------------------------------
+
+
+def _rules_check(args: argparse.Namespace, out: IO[str]) -> int:
+    from analyzer.match import lint
+
+    catalogue, compiled = _load(args.patterns)
+    for warning in lint(catalogue):
+        print(warning, file=sys.stderr)
+    signals = sum(1 for owner in compiled.owners if owner.startswith("signal:"))
+    prefilter = "literal prefilter on" if compiled.prefilter is not None else "no prefilter (decode every record)"
+    print(
+        f"ok: {len(catalogue.rules)} rules, {len(compiled.owners) - signals} expressions compiled; {prefilter}",
+        file=out,
+    )
+    return 0
+
+
+def _rules_test(args: argparse.Namespace, out: IO[str]) -> int:
+    from analyzer.match import Matcher
+
+    catalogue, compiled = _load(args.patterns)
+    matcher = Matcher(compiled)
+    passed = failed = 0
+    for rule in catalogue.rules:
+        cases = [(line, True) for line in rule.examples_match] + [(line, False) for line in rule.examples_no_match]
+        for line, expected in cases:
+            got = rule.id in matcher.one(line.encode())
+            if got == expected:
+                passed += 1
+            else:
+                failed += 1
+                verb = "should match" if expected else "should not match"
+                print(f"FAIL {rule.id} ({rule.source}): {verb}: {line!r}", file=out)
+    print(f"{passed} passed, {failed} failed", file=out)
+    return 1 if failed else 0
+
+
+def _rules_list(args: argparse.Namespace, out: IO[str]) -> int:
+    import json
+
+    from analyzer.catalogue import load_catalogue
+
+    catalogue = load_catalogue(_patterns_dir(args.patterns))
+    rows = [
+        {
+            "id": r.id,
+            "title": r.title,
+            "category": r.category.value,
+            "severity": r.severity.value,
+            "component": r.component.value,
+        }
+        for r in catalogue.rules
+    ]
+    if args.output == "json":
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+        return 0
+    headers = ("id", "category", "severity", "component", "title")
+    widths = [max(len(h), *(len(row[h]) for row in rows)) for h in headers[:-1]]
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=False)) + "  TITLE", file=out)
+    for row in rows:
+        cells = [row[h].ljust(w) for h, w in zip(headers, widths, strict=False)]
+        print("  ".join(cells) + "  " + row["title"], file=out)
+    return 0
+
+
+def _rules_export(args: argparse.Namespace, out: IO[str]) -> int:
+    from analyzer.catalogue import load_catalogue
+
+    catalogue = load_catalogue(_patterns_dir(args.patterns))
+    for rule in catalogue.rules:
+        for e in rule.expressions:
+            # grep -E and ripgrep have no per-pattern flags: a caseless expression becomes a bracketed one.
+            print(_caseless(e.pattern) if e.caseless else e.pattern, file=out)
+    return 0
+
+
+def _caseless(pattern: str) -> str:
+    out, escaped, in_class = [], False, False
+    for ch in pattern:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            out.append(ch)
+            escaped = True
+        elif ch == "[":
+            in_class = True
+            out.append(ch)
+        elif ch == "]":
+            in_class = False
+            out.append(ch)
+        elif ch.isalpha() and ch.isascii():
+            out.append(ch.lower() + ch.upper() if in_class else f"[{ch.lower()}{ch.upper()}]")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+# -- match / scan ------------------------------------------------------------------------------------------
+
+
+def _match(args: argparse.Namespace, out: IO[str]) -> int:
+    import orjson
+
+    from analyzer.decode import Format
+    from analyzer.lines import iter_blocks, open_input
+    from analyzer.offline import LineMatcher, find_all
+
+    catalogue, compiled = _load(args.patterns)
+    stream = open_input(args.file)
+    matcher = LineMatcher(catalogue, compiled, Format(args.format))
+    write = out.write
+    for found in find_all(matcher, iter_blocks(stream)):
+        rules = [{"id": r.id, "category": r.category.value, "severity": r.severity.value} for r in found.rules]
+        write(orjson.dumps({"line_no": found.line_no, "rules": rules}).decode() + "\n")
+    return 0
+
+
+def _scan(args: argparse.Namespace, out: IO[str]) -> int:
+    import time
+
+    from analyzer.decode import Format
+    from analyzer.lines import iter_blocks, open_input
+    from analyzer.offline import LineMatcher, Metadata, scan
+
+    catalogue, compiled = _load(args.patterns)
+    streams = [open_input(name) for name in args.files]  # fail before any work if a file is missing
+    metadata = Metadata(args.cluster, args.namespace, args.pod, args.container)
+    matcher = LineMatcher(catalogue, compiled, Format(args.format), metadata)
+    blocks = (block for stream in streams for block in iter_blocks(stream))
+    found = scan(
+        matcher,
+        blocks,
+        default_cluster=args.cluster or "-",
+        stream_time=time.time() if args.now else None,
+    )
+    if args.output == "json":
+        _scan_json(found, out)
+    else:
+        _scan_table(found, matcher.stats.lines, out)
+    return 0
+
+
+def _iso(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _incident_json(incident: Incident) -> dict[str, Any]:
+    i, rule = incident.interval, incident.rule
+    return {
+        "id": i.id,
+        "rule": rule.id,
+        "title": rule.title,
+        "category": rule.category.value,
+        "severity": rule.severity.value,
+        "status": incident.status.value,
+        "key": {"cluster": i.key.cluster, "namespace": i.key.namespace, "workload": i.key.workload, "pods": i.pods},
+        "first_seen": _iso(i.first_seen),
+        "last_seen": _iso(i.last_seen),
+        "count": i.count,
+        "evidence": [
+            {"time": _iso(e.time), "pod": e.pod, "container": e.container, "line": e.line} for e in _evidence(incident)
+        ],
+        "remediation": rule.remediation.get("en", ""),
+        "references": list(rule.references),
+    }
+
+
+def _evidence(incident: Incident) -> list[Any]:
+    i = incident.interval
+    seen, out = set(), []
+    for e in (*i.head, *i.tail):
+        ident = (e.time, e.line, e.pod, e.container)
+        if ident not in seen:
+            seen.add(ident)
+            out.append(e)
+    return out
+
+
+def _scan_json(found: list[Incident], out: IO[str]) -> None:
+    import json
+
+    json.dump([_incident_json(i) for i in found], out, indent=2, ensure_ascii=False)
+    out.write("\n")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _scan_table(found: list[Incident], lines: int, out: IO[str]) -> None:
+    import shutil
+    import textwrap
+
+    width = max(60, min(shutil.get_terminal_size((120, 40)).columns, 160))
+    if not found:
+        print(f"no known problems in {lines} lines", file=out)
+        return
+    counts: dict[str, int] = {}
+    for incident in found:
+        counts[incident.status.value] = counts.get(incident.status.value, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    print(f"{len(found)} incidents in {lines} lines: {summary}\n", file=out)
+    for incident in found:
+        i, rule = incident.interval, incident.rule
+        print(
+            f"{incident.status.value.upper():<10} {rule.severity.value:<8} {rule.id}  [{rule.category.value}]", file=out
+        )
+        print(f"  {rule.title}", file=out)
+        where = f"cluster={i.key.cluster} namespace={i.key.namespace} workload={i.key.workload}"
+        if i.pods:
+            where += f" pods={','.join(i.pods[:5])}" + (" …" if len(i.pods) > 5 else "")
+        print(f"  where:    {where}", file=out)
+        span = _duration(i.last_seen - i.first_seen)
+        print(f"  when:     {_iso(i.first_seen)} → {_iso(i.last_seen)} ({span}), {i.count} lines", file=out)
+        print("  evidence:", file=out)
+        for e in _evidence(incident):
+            line = e.line if len(e.line) <= width - 26 else e.line[: width - 27] + "…"
+            print(f"    {_iso(e.time)}  {line.replace(chr(9), ' ')}", file=out)
+        fix = textwrap.fill(
+            rule.remediation.get("en", ""), width=width, initial_indent="  fix:      ", subsequent_indent=" " * 12
+        )
+        print(fix, file=out)
+        print(file=out)
+
+
+# -- entry -------------------------------------------------------------------------------------------------
+
+
+def _serve(_args: argparse.Namespace, _out: IO[str]) -> int:
+    from analyzer.service import main as serve_main
+
+    return serve_main()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from analyzer.errors import AnalyzerError, CatalogueError
+
+    args = build_parser().parse_args(argv)
+    out = sys.stdout
+    handlers = {
+        "serve": _serve,
+        "scan": _scan,
+        "match": _match,
+        "check": _rules_check,
+        "test": _rules_test,
+        "list": _rules_list,
+        "export": _rules_export,
+    }
+    handler = handlers[args.verb if args.command == "rules" else args.command]
+    try:
+        return handler(args, out)
+    except CatalogueError as exc:
+        for problem in exc.problems:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 1 if args.command == "rules" else 2
+    except AnalyzerError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `mesh-analyzer match big.log | head`: the reader left; not an error worth a traceback.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 130
