@@ -1,0 +1,311 @@
+"""aiokafka consumer: batches via getmany, offsets from the store, store-first commits.
+
+Delivery: a batch's intervals and its next offsets are written in one store transaction; the offset write
+checks the previous value, so a zombie consumer after a rebalance cannot apply a batch twice. On any
+assignment, and after any failed or refused write, the consumer seeks to the offsets in the store. Kafka
+commits are advisory (for lag tooling) and bounded by a timeout, as is every call that can hang in an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from analyzer.config import Settings
+from analyzer.errors import StaleOffsetError, StoreError
+from analyzer.incidents import StreamClock
+from analyzer.metrics import Metrics
+from analyzer.pipeline import Pipeline
+from analyzer.store import Store
+from analyzer.types import Changes, OffsetUpdate, Rule
+
+log = structlog.get_logger("analyzer.ingest")
+
+PROBE_INTERVAL = 5.0  # seconds between broker probes (end offsets: lag and readiness)
+IDLE_STREAM_WRITE = 2.0  # seconds between stream-time writes while the topic is quiet
+COMMIT_TIMEOUT = 5.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, ingest: KafkaIngest) -> None:
+        self._ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._ingest.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._ingest.seek_stored(assigned)
+
+
+class KafkaIngest:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Callable[[], Pipeline],
+        rules: Callable[[], Mapping[str, Rule]],
+        store: Store,
+        metrics: Metrics,
+        clock: StreamClock,
+    ) -> None:
+        self.settings = settings
+        self._pipeline = pipeline  # a getter: SIGHUP swaps the catalogue between batches
+        self._rules = rules
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self._book: dict[TopicPartition, int] = {}  # next offsets as we believe the store holds them
+        self._consumer: AIOKafkaConsumer | None = None
+        self.broker_up = False
+        self.last_batch_at: float | None = None
+        self._last_stream_write = 0.0
+        self._last_probe = 0.0
+
+    # -- readiness ------------------------------------------------------------------------------------------
+
+    @property
+    def consuming(self) -> bool:
+        return self._consumer is not None and self.broker_up
+
+    # -- rebalance ------------------------------------------------------------------------------------------
+
+    def forget(self, partitions: Any) -> None:
+        for tp in partitions:
+            self._book.pop(tp, None)
+
+    async def seek_stored(self, partitions: Any, fallback: Mapping[TopicPartition, int] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        topics = {tp.topic for tp in partitions}
+        stored: dict[str, dict[int, int]] = {}
+        for topic in topics:
+            stored[topic] = await asyncio.wait_for(
+                self.store.load_offsets(self.settings.kafka_group, topic), self.settings.store_timeout
+            )
+        for tp in partitions:
+            offset = stored[tp.topic].get(tp.partition)
+            if offset is not None:
+                self._book[tp] = offset
+                consumer.seek(tp, offset)
+            else:
+                self._book.pop(tp, None)
+                if fallback and tp in fallback:
+                    consumer.seek(tp, fallback[tp])
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in partitions))
+
+    # -- main loop ------------------------------------------------------------------------------------------
+
+    def _consumer_options(self) -> dict[str, Any]:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bootstrap_servers": s.kafka_bootstrap,
+            "group_id": s.kafka_group,
+            "client_id": s.kafka_client_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "request_timeout_ms": int(s.kafka_request_timeout * 1000),
+            "max_poll_records": s.kafka_max_records,
+            "security_protocol": s.kafka_security_protocol,
+        }
+        if s.kafka_sasl_mechanism:
+            options.update(
+                sasl_mechanism=s.kafka_sasl_mechanism,
+                sasl_plain_username=s.kafka_sasl_username,
+                sasl_plain_password=s.kafka_sasl_password,
+            )
+        return options
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 1.0
+        while not stop.is_set():
+            consumer = AIOKafkaConsumer(**self._consumer_options())
+            try:
+                await asyncio.wait_for(consumer.start(), self.settings.kafka_request_timeout)
+            except (KafkaError, TimeoutError, OSError) as exc:
+                self.broker_up = False
+                log.warning("broker unreachable", error=str(exc) or type(exc).__name__, retry_in=backoff)
+                await _close(consumer)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 1.0
+            self._consumer = consumer
+            self.broker_up = True
+            consumer.subscribe(list(self.settings.kafka_topics), listener=_Rebalance(self))
+            log.info("consuming", topics=list(self.settings.kafka_topics), group=self.settings.kafka_group)
+            try:
+                await self._loop(consumer, stop)
+            finally:
+                self._consumer = None
+                self._book.clear()
+                await _close(consumer)
+
+    async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        s = self.settings
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                fetch = asyncio.create_task(
+                    consumer.getmany(timeout_ms=int(s.kafka_fetch_timeout * 1000), max_records=s.kafka_max_records)
+                )
+                done, _ = await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if fetch not in done:
+                    fetch.cancel()
+                    break
+                try:
+                    batch = fetch.result()
+                except KafkaError as exc:
+                    log.warning("fetch failed", error=str(exc))
+                    await _sleep_or_stop(stop, 1.0)
+                    continue
+                if batch:
+                    # Finish the batch even when asked to stop: SIGTERM means "store what you have, then go".
+                    await self._process(consumer, batch)
+                else:
+                    await self._idle()
+                await self._probe(consumer)
+        finally:
+            stopping.cancel()
+
+    async def _process(self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        started = time.perf_counter()
+        values: list[bytes] = []
+        stamps: list[float] = []
+        offsets: list[OffsetUpdate] = []
+        first: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            if not records:
+                continue
+            first[tp] = records[0].offset
+            size = 0
+            for r in records:
+                value = r.value or b""
+                values.append(value)
+                size += len(value)
+                stamps.append(r.timestamp / 1000.0 if r.timestamp and r.timestamp > 0 else time.time())
+            self.metrics.records.labels(tp.topic).inc(len(records))
+            self.metrics.bytes.labels(tp.topic).inc(size)
+            offsets.append(OffsetUpdate(tp.topic, tp.partition, self._book.get(tp), records[-1].offset + 1))
+
+        pipeline = self._pipeline()
+        with self.metrics.stage.labels("match").time():
+            result = pipeline(values, stamps)
+        if result.max_event_time is not None:
+            self.clock.observe(result.max_event_time)
+        stream_time = self.clock.now()
+        changes = Changes(merges=tuple(result.intervals), stream_time=stream_time)
+        rules = self._rules()
+        try:
+            with self.metrics.stage.labels("store").time():
+                await asyncio.wait_for(
+                    self.store.commit_batch(self.settings.kafka_group, changes, offsets, rules),
+                    self.settings.store_timeout,
+                )
+        except StaleOffsetError as exc:
+            log.warning("batch refused: another consumer owns a partition now; re-reading offsets", error=str(exc))
+            await self._resync(first)
+            return
+        except (StoreError, TimeoutError) as exc:
+            log.error("store write failed; batch will be re-read", error=str(exc) or type(exc).__name__)
+            await self._resync(first)
+            await asyncio.sleep(1.0)
+            return
+        for update in offsets:
+            self._book[TopicPartition(update.topic, update.partition)] = update.next
+        self._last_stream_write = time.monotonic()
+        self.last_batch_at = time.time()
+        self._count(result, rules)
+        pipeline.evict(stream_time)
+        self.metrics.stage.labels("total").observe(time.perf_counter() - started)
+        log.debug(
+            "batch stored",
+            records=len(values),
+            candidates=result.candidates,
+            intervals=len(result.intervals),
+            partitions=len(offsets),
+        )
+        try:
+            await asyncio.wait_for(
+                consumer.commit({TopicPartition(u.topic, u.partition): u.next for u in offsets}), COMMIT_TIMEOUT
+            )
+        except (KafkaError, TimeoutError) as exc:  # advisory only: the store holds the truth
+            log.debug("advisory kafka commit failed", error=str(exc) or type(exc).__name__)
+
+    def _count(self, result: Any, rules: Mapping[str, Rule]) -> None:
+        for reason, n in result.rejected.items():
+            self.metrics.rejected.labels(reason).inc(n)
+        for rule_id, n in result.matches.items():
+            rule = rules.get(rule_id)
+            if rule is not None:
+                self.metrics.matches.labels(rule_id, rule.category.value, rule.severity.value).inc(n)
+        for rule_id, n in result.overflowed.items():
+            self.metrics.overflow.labels(rule_id).inc(n)
+
+    async def _resync(self, fallback: Mapping[TopicPartition, int]) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            await self.seek_stored(consumer.assignment(), fallback)
+        except (StoreError, TimeoutError) as exc:
+            # Cannot read offsets: rewind to where the failed batch began; the next write re-checks.
+            log.error("cannot re-read offsets", error=str(exc) or type(exc).__name__)
+            for tp, offset in fallback.items():
+                if tp in consumer.assignment():
+                    consumer.seek(tp, offset)
+
+    async def _idle(self) -> None:
+        """A quiet topic: stream time follows the wall clock, so incidents settle in a quiet cluster too."""
+        if time.monotonic() - self._last_stream_write < IDLE_STREAM_WRITE:
+            return
+        self._last_stream_write = time.monotonic()
+        stream_time = self.clock.now()
+        try:
+            await asyncio.wait_for(
+                self.store.commit_batch(self.settings.kafka_group, Changes(stream_time=stream_time), [], {}),
+                self.settings.store_timeout,
+            )
+        except (StoreError, TimeoutError) as exc:
+            log.warning("cannot record stream time", error=str(exc) or type(exc).__name__)
+        self._pipeline().evict(stream_time)
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Every few seconds: ask the broker for end offsets. Gives lag, and notices an outage."""
+        if time.monotonic() - self._last_probe < PROBE_INTERVAL:
+            return
+        self._last_probe = time.monotonic()
+        assigned = list(consumer.assignment())
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(assigned), 3.0) if assigned else {}
+            if not assigned:
+                await asyncio.wait_for(consumer.topics(), 3.0)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            if self.broker_up:
+                log.warning("broker not answering", error=str(exc) or type(exc).__name__)
+            self.broker_up = False
+            return
+        if not self.broker_up:
+            log.info("broker back")
+        self.broker_up = True
+        for tp, end in ends.items():
+            position = self._book.get(tp)
+            if position is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+
+
+async def _close(consumer: AIOKafkaConsumer) -> None:
+    with contextlib.suppress(KafkaError, TimeoutError, OSError):
+        await asyncio.wait_for(consumer.stop(), 10.0)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
