@@ -1,0 +1,148 @@
+""" "App started before proxy": a rule over two signals in one pod.
+
+An app container's connection-refused lines count (raise the ``app-started-before-proxy`` incident) only
+in the first seconds after its pod starts, or while that pod's istio-proxy reports not ready. The same lines
+with a ready proxy long after start do not: they are some other connectivity problem.
+
+The matcher compiles ``SIGNALS`` next to the catalogue's rules. For each batch the caller sorts the
+records by event time (a pod's proxy signals and app lines often share a batch, and the order matters),
+then, per record, calls ``observe_signal`` for each signal match and ``admits`` for each match of
+``GATED_RULE``, dropping the match when ``admits`` says no. Pure: no I/O, time comes from the records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from analyzer.types import COMPONENT_CONTAINERS, Component, Expression, LogRecord
+
+GATED_RULE = "app-started-before-proxy"
+
+PROXY_READY = "signal:proxy-ready"
+PROXY_NOT_READY = "signal:proxy-not-ready"
+PROXY_STARTING = "signal:proxy-starting"
+PROXY_DRAINING = "signal:proxy-draining"
+
+# pilot-agent's own lines (istio pkg/log; plain, tab-separated or JSON "msg"). Each branch is led by a
+# literal with no character a JSON encoder escapes, so the raw-record prefilter can use it.
+SIGNALS: Mapping[str, Expression] = MappingProxyType(
+    {
+        # status server: "Envoy proxy is ready" on the first good probe; 1.10+ also "Readiness succeeded in 1.2s"
+        PROXY_READY: Expression(r"Envoy proxy is ready|Readiness succeeded in [0-9]"),
+        # every failing probe: "Envoy proxy is NOT ready: config not received from Pilot ..."
+        PROXY_NOT_READY: Expression(r"Envoy proxy is NOT ready"),
+        # printed once as the agent (and Envoy) start
+        PROXY_STARTING: Expression(
+            r"FLAG: --|Starting proxy agent|Version [0-9]+\.[0-9]+\.[0-9]|Opening status port [0-9]"
+            r"|Initializing with upstream address|Envoy command: \[|initializing epoch 0 \("
+        ),
+        # pod termination: refused connections now are a shutdown-ordering problem, not this one
+        PROXY_DRAINING: Expression(r"Agent draining Proxy|Graceful termination period is [0-9]"),
+    }
+)
+
+_PROXY_CONTAINERS = COMPONENT_CONTAINERS[Component.ISTIO_PROXY]
+
+# At equal times the later-phase signal wins (starting < not ready < ready < draining).
+_PHASE_RANK = {PROXY_STARTING: 0, PROXY_NOT_READY: 1, PROXY_READY: 2, PROXY_DRAINING: 3}
+# Phases in which the proxy is not serving yet: an app line then counts.
+_NOT_SERVING = frozenset({PROXY_STARTING, PROXY_NOT_READY})
+
+_PodKey = tuple[str, str, str]
+
+
+@dataclass(slots=True)
+class _Pod:
+    first_seen: float
+    last_seen: float
+    # latest time each readiness signal was seen (by signal id)
+    signals: dict[str, float]
+
+    def seen(self, time: float) -> None:
+        self.first_seen = min(self.first_seen, time)
+        self.last_seen = max(self.last_seen, time)
+
+    def phase_at(self, time: float) -> str | None:
+        """The proxy's phase at ``time``: its most recent readiness signal then, if any.
+
+        Draining sticks until the proxy starts again: pilot-agent keeps logging "NOT ready" while it
+        terminates, and that must not read as a proxy that is not ready yet.
+        """
+        drained = self.signals.get(PROXY_DRAINING)
+        started = self.signals.get(PROXY_STARTING)
+        if drained is not None and drained <= time and not (started is not None and drained < started <= time):
+            return PROXY_DRAINING
+        best: tuple[float, int, str] | None = None
+        for signal_id, at in self.signals.items():
+            if at <= time:
+                candidate = (at, _PHASE_RANK[signal_id], signal_id)
+                if best is None or candidate > best:
+                    best = candidate
+        return None if best is None else best[2]
+
+
+def _pod_key(record: LogRecord) -> _PodKey | None:
+    if not record.pod:
+        return None
+    return (record.cluster or "", record.namespace or "", record.pod)
+
+
+class ProxyReadiness:
+    """Per-pod start time and istio-proxy readiness, from the signal lines; bounded by ``state_ttl``."""
+
+    def __init__(self, startup_window: float = 60.0, state_ttl: float = 900.0) -> None:
+        self.startup_window = startup_window
+        self.state_ttl = state_ttl
+        self._pods: dict[_PodKey, _Pod] = {}
+
+    def _pod(self, key: _PodKey, time: float) -> _Pod:
+        pod = self._pods.get(key)
+        if pod is None:
+            pod = self._pods[key] = _Pod(time, time, {})
+        else:
+            pod.seen(time)
+        return pod
+
+    def observe_signal(self, signal_id: str, record: LogRecord, time: float) -> None:
+        """Record a signal line. Any line dates the pod; only the proxy's own lines set its readiness."""
+        key = _pod_key(record)
+        if key is None:
+            return
+        pod = self._pod(key, time)
+        if signal_id not in _PHASE_RANK:
+            return
+        if record.container is not None and record.container not in _PROXY_CONTAINERS:
+            return
+        if time > pod.signals.get(signal_id, float("-inf")):
+            pod.signals[signal_id] = time
+
+    def admits(self, record: LogRecord, time: float) -> bool:
+        """Whether an ``app-started-before-proxy`` match at ``time`` counts.
+
+        Yes within ``startup_window`` of the pod's first seen line, or while the proxy's latest readiness
+        signal says it is starting or not ready, or when nothing says it was ready by then (including a
+        record without pod metadata: the line rule alone). No once the proxy reported ready and the pod
+        started more than ``startup_window`` earlier; never while the pod terminates (proxy draining).
+        """
+        key = _pod_key(record)
+        if key is None:
+            return True
+        pod = self._pod(key, time)
+        phase = pod.phase_at(time)
+        if phase == PROXY_DRAINING:
+            return False
+        if time - pod.first_seen <= self.startup_window:
+            return True
+        return phase is None or phase in _NOT_SERVING
+
+    def evict(self, stream_time: float) -> int:
+        """Forget pods not seen for ``state_ttl``; return how many."""
+        stale = [k for k, p in self._pods.items() if stream_time - p.last_seen > self.state_ttl]
+        for k in stale:
+            del self._pods[k]
+        return len(stale)
+
+    def __len__(self) -> int:
+        return len(self._pods)
