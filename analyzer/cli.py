@@ -178,30 +178,65 @@ def _rules_export(args: argparse.Namespace, out: IO[str]) -> int:
     catalogue = load_catalogue(_patterns_dir(args.patterns))
     for rule in catalogue.rules:
         for e in rule.expressions:
-            # grep -E and ripgrep have no per-pattern flags: a caseless expression becomes a bracketed one.
-            print(_caseless(e.pattern) if e.caseless else e.pattern, file=out)
+            print(portable_regex(e.pattern, caseless=e.caseless), file=out)
     return 0
 
 
-def _caseless(pattern: str) -> str:
-    out, escaped, in_class = [], False, False
-    for ch in pattern:
-        if escaped:
-            out.append(ch)
-            escaped = False
-        elif ch == "\\":
-            out.append(ch)
-            escaped = True
+# grep -E and ripgrep match line by line: a newline inside a class can go. TAB is written as itself, since
+# POSIX brackets and GNU grep -E know no escapes.
+_CLASS_ESCAPES = {"n": "", "r": "", "t": "\t", "d": "0-9", "s": "[:space:]", "w": "[:alnum:]_"}
+_ESCAPES = {"d": "[0-9]", "s": "[[:space:]]", "t": "\t"}
+
+
+def portable_regex(pattern: str, *, caseless: bool = False) -> str:
+    """A Hyperscan expression in the syntax GNU grep -E and ripgrep both accept.
+
+    POSIX bracket expressions take no backslash escapes and ERE has no ``(?:``; a caseless expression spells
+    out both cases, since ``grep -f`` has no per-pattern flags.
+    """
+    out: list[str] = []
+    body: list[str] = []  # the current bracket expression's members
+    i, in_class = 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        nxt = pattern[i + 1] if i + 1 < len(pattern) else ""
+        if in_class:
+            if ch == "\\" and nxt:
+                body.append(_CLASS_ESCAPES.get(nxt, nxt))
+                i += 2
+                continue
+            if ch == "]":
+                members = "".join(body[1:])
+                if not members:  # "[^\n]" lost its only member: any character (a line has no newline)
+                    out.append(".")
+                else:
+                    if caseless and "[:" not in members:
+                        members += members.swapcase().replace("]", "")
+                    out.append(body[0] + members + "]")
+                in_class = False
+            else:
+                body.append(ch)
+        elif ch == "\\" and nxt:
+            out.append(_ESCAPES.get(nxt, ch + nxt))
+            i += 2
+            continue
         elif ch == "[":
             in_class = True
-            out.append(ch)
-        elif ch == "]":
-            in_class = False
-            out.append(ch)
-        elif ch.isalpha() and ch.isascii():
-            out.append(ch.lower() + ch.upper() if in_class else f"[{ch.lower()}{ch.upper()}]")
+            body = ["[^" if nxt == "^" else "["]
+            i += 2 if nxt == "^" else 1
+            if i < len(pattern) and pattern[i] == "]":  # a leading "]" is a member
+                body.append("]")
+                i += 1
+            continue
+        elif pattern.startswith("(?:", i):
+            out.append("(")
+            i += 3
+            continue
+        elif caseless and ch.isalpha() and ch.isascii():
+            out.append(f"[{ch.lower()}{ch.upper()}]")
         else:
             out.append(ch)
+        i += 1
     return "".join(out)
 
 
