@@ -7,11 +7,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PATTERNS = ROOT / "patterns"
-CORPUS = ROOT.parent / "shared" / "corpus" / "istio_real_lines.jsonl"
+# A copy of ../shared/corpus/istio_real_lines.jsonl (real public Istio lines, each with its source).
+CORPUS = ROOT / "tests" / "data" / "istio_real_lines.jsonl"
 
 
 def corpus_lines() -> list[dict[str, str]]:
-    """The real public Istio lines (../shared/corpus); tests that need them skip visibly without them."""
+    """The real public Istio lines; tests that need them skip visibly without them."""
     if not CORPUS.exists():
         pytest.skip(f"corpus not found at {CORPUS}")
     return [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]

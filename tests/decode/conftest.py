@@ -14,7 +14,7 @@ NAME = "istio_real_lines.jsonl"
 
 def load_corpus() -> list[dict[str, str]]:
     """The real public Istio lines (../shared/corpus, or corpus/ in the repo); skip visibly without them."""
-    candidates = [ROOT.parent / "shared" / "corpus" / NAME, ROOT / "corpus" / NAME]
+    candidates = [ROOT / "tests" / "data" / NAME, ROOT.parent / "shared" / "corpus" / NAME]
     for path in candidates:
         if path.exists():
             with path.open(encoding="utf-8") as fh:
