@@ -81,7 +81,7 @@ class Pipeline:
         self._prefilter = RecordPrefilter(compiled)
         self._default_cluster = default_cluster
         self._max_bytes = max_record_bytes
-        self.readiness = ProxyReadiness(startup_window=startup_window)
+        self.readiness = ProxyReadiness(startup_window=startup_window, state_ttl=3600.0)
         self.keys = KeyCap(max_keys_per_rule)
 
     def _decode(self, raw: bytes) -> LogRecord | Rejected:
