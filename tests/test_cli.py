@@ -32,7 +32,7 @@ def istio_line(t: float, msg: str, level: str = "error", scope: str = "klog") ->
 
 
 REFUSED = (
-    'k8s.io/client-go@v0.21.2/tools/cache/reflector.go:167: Failed to watch *v1.ConfigMap: failed to list '
+    "k8s.io/client-go@v0.21.2/tools/cache/reflector.go:167: Failed to watch *v1.ConfigMap: failed to list "
     '*v1.ConfigMap: Get "https://10.96.0.1:443/api/v1/configmaps?limit=500": dial tcp 10.96.0.1:443: '
     "connect: connection refused"
 )
