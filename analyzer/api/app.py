@@ -2,35 +2,119 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from analyzer import __version__
+from analyzer.api import health, incidents, rules, silences
+from analyzer.api.context import ApiContext
+from analyzer.api.limits import BodyLimit
+from analyzer.api.schemas import Problem
 
 if TYPE_CHECKING:
     from analyzer.service import Service
 
+DESCRIPTION = (
+    "Incidents recognised in Istio control- and data-plane logs. Reads are open; write endpoints need "
+    "`Authorization: Bearer <ANALYZER_API_TOKEN>` and are disabled when no token is configured."
+)
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
-def create_app(service: Service) -> FastAPI:
-    app = FastAPI(title="mesh-log-analyzer", version=__version__)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
+def create_app(service: Service, *, wall: Callable[[], float] = time.time) -> FastAPI:
+    """The HTTP API over ``service``. ``wall`` is the wall clock (silence expiry, ack times)."""
+    settings = service.settings
+    app = FastAPI(title="mesh-log-analyzer", version=__version__, description=DESCRIPTION)
+    ctx = ApiContext(service, wall, settings.api_token.encode() if settings.api_token else None)
+    app.state.api = ctx
 
-    @app.get("/readyz", tags=["health"], responses={503: {"description": "not consuming or store unreachable"}})
-    async def readyz() -> JSONResponse:
-        """Consuming from Kafka and the store is reachable."""
-        ok, detail = await service.ready()
-        body: dict[str, Any] = {"status": "ready" if ok else "not ready", **detail}
-        return JSONResponse(body, status_code=200 if ok else 503)
+    app.include_router(health.build_router(ctx))
+    app.include_router(incidents.build_router(ctx))
+    app.include_router(silences.build_router(ctx))
+    app.include_router(rules.build_router(ctx))
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
-    async def metrics() -> Response:
-        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept-Language", "Last-Event-ID"],
+        )
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _document(
+                get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+_PLACES = {"query": "query parameter", "path": "path parameter", "header": "header", "body": "request body"}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One validation error as "query parameter 'status[0]': Input should be ..."."""
+    loc = [str(part) for part in error.get("loc", ())]
+    if loc and loc[0] in _PLACES:
+        name = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:]).removeprefix(".")
+        place = f"{_PLACES[loc[0]]} {name!r}" if name else _PLACES[loc[0]]
+    else:
+        place = ".".join(loc) or "request"
+    return f"{place}: {error.get('msg', 'invalid')}"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body plus a one-line ``message`` naming each bad parameter."""
+    errors = list(exc.errors())
+    for error in errors:
+        ctx = error.get("ctx")
+        if isinstance(ctx, dict):  # pydantic puts the raised exception object here
+            error["ctx"] = {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in ctx.items()}
+    message = "invalid request: " + "; ".join(_describe(e) for e in errors)
+    return JSONResponse({"detail": jsonable_encoder(errors), "message": message}, status_code=422)
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _PROBLEM_REF}}}
+
+
+def _document(schema: dict[str, Any]) -> dict[str, Any]:
+    """Responses routes can give that FastAPI does not list: 400/413 on bodies, 503 when the store is down."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault("Problem", Problem.model_json_schema())
+    validation = components.get("HTTPValidationError")
+    if validation is not None:
+        validation["properties"]["message"] = {"title": "Message", "type": "string"}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault("400", _problem("request body is not JSON"))
+                responses.setdefault("413", _problem("request body too large"))
+            if path == "/v1/incidents/stream":  # store trouble arrives as `error` events
+                _document_events(responses)
+            elif path.startswith(("/v1/incidents", "/v1/silences")):
+                responses.setdefault("503", _problem("incident store unavailable"))
+    return schema
+
+
+def _document_events(responses: dict[str, Any]) -> None:
+    """Say what an event's ``data`` holds (OpenAPI 3.2 style itemSchema, as FastAPI writes it)."""
+    content = responses.get("200", {}).get("content", {}).get("text/event-stream", {})
+    data = content.get("itemSchema", {}).get("properties", {}).get("data")
+    if isinstance(data, dict):
+        data["contentMediaType"] = "application/json"
+        data["contentSchema"] = {"$ref": "#/components/schemas/IncidentItem"}

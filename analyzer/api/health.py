@@ -1,0 +1,44 @@
+"""/healthz (process up), /readyz (consuming and store reachable), /metrics (Prometheus text format)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from analyzer.api.context import ApiContext
+from analyzer.api.schemas import Health, Readiness
+
+
+def build_router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter(tags=["health"])
+    service = ctx.service
+
+    @router.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        """The process is up."""
+        return Health(status="ok")
+
+    @router.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "not consuming or store unreachable"}},
+    )
+    async def readyz() -> JSONResponse:
+        """Consuming from Kafka and the store is reachable."""
+        ok, detail = await service.ready()
+        body: dict[str, Any] = {"status": "ready" if ok else "not ready", **detail}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "metrics"}},
+    )
+    async def metrics() -> Response:
+        """Prometheus metrics of the injected registry."""
+        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,105 @@
+"""Store rows and catalogue rules -> response models."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from analyzer.api.commands import look_further
+from analyzer.api.params import to_datetime
+from analyzer.api.schemas import (
+    EvidenceOut,
+    ExamplesOut,
+    ExpressionOut,
+    IncidentDetail,
+    IncidentItem,
+    IncidentKeyOut,
+    RuleDetail,
+    RuleSummary,
+    ScopeOut,
+    SilenceOut,
+)
+from analyzer.store import IncidentRow, Silence
+from analyzer.types import Category, Evidence, Rule, Severity
+
+
+def incident_item(row: IncidentRow, rules: Mapping[str, Rule]) -> IncidentItem:
+    rule = rules.get(row.rule_id)
+    return IncidentItem(
+        id=row.id,
+        rule=row.rule_id,
+        title=rule.title if rule else row.rule_id,
+        category=Category(row.category),
+        severity=Severity(row.severity),
+        status=row.status,
+        key=IncidentKeyOut(
+            cluster=row.key.cluster, namespace=row.key.namespace, workload=row.key.workload, pods=list(row.pods)
+        ),
+        first_seen=to_datetime(row.first_seen),
+        last_seen=to_datetime(row.last_seen),
+        count=row.count,
+        acked=row.acked_at is not None,
+        acked_by=row.acked_by,
+        acked_at=None if row.acked_at is None else to_datetime(row.acked_at),
+        silenced=row.silenced,
+    )
+
+
+def evidence_of(row: IncidentRow) -> list[Evidence]:
+    """Head and tail, oldest first; a short incident's head and tail hold the same lines."""
+    unique = dict.fromkeys((*row.head, *row.tail))
+    return sorted(unique, key=lambda e: (e.time, e.line))
+
+
+def incident_detail(row: IncidentRow, rules: Mapping[str, Rule], language: str) -> IncidentDetail:
+    rule = rules.get(row.rule_id)
+    evidence = evidence_of(row)
+    return IncidentDetail(
+        **incident_item(row, rules).model_dump(),
+        evidence=[
+            EvidenceOut(time=to_datetime(e.time), pod=e.pod, container=e.container, line=e.line) for e in evidence
+        ],
+        language=language,
+        remediation=rule.remediation.get(language) if rule else None,
+        references=list(rule.references) if rule else [],
+        commands=look_further(row.key, row.pods, evidence, row.first_seen, rule),
+        transient_seconds=row.transient,
+        resolve_after_seconds=row.resolve_after,
+    )
+
+
+def rule_summary(rule: Rule) -> RuleSummary:
+    return RuleSummary(
+        id=rule.id,
+        title=rule.title,
+        category=rule.category,
+        component=rule.component,
+        severity=rule.severity,
+        transient_seconds=rule.transient,
+        resolve_after_seconds=rule.resolve_after,
+        source=Path(rule.source).name,
+    )
+
+
+def rule_detail(rule: Rule) -> RuleDetail:
+    return RuleDetail(
+        **rule_summary(rule).model_dump(),
+        expressions=[ExpressionOut(pattern=e.pattern, caseless=e.caseless) for e in rule.expressions],
+        scope=ScopeOut(containers=list(rule.scope.containers), namespaces=list(rule.scope.namespaces)),
+        remediation=dict(rule.remediation),
+        references=list(rule.references),
+        examples=ExamplesOut(match=list(rule.examples_match), no_match=list(rule.examples_no_match)),
+    )
+
+
+def silence_out(silence: Silence) -> SilenceOut:
+    return SilenceOut(
+        id=silence.id,
+        rule=silence.rule,
+        cluster=silence.cluster,
+        namespace=silence.namespace,
+        workload=silence.workload,
+        expires_at=to_datetime(silence.expires_at),
+        created_by=silence.created_by,
+        comment=silence.comment,
+    )
