@@ -14,7 +14,7 @@ from typing import Any
 import hyperscan
 
 from analyzer.errors import CatalogueError, RuleProblem
-from analyzer.match.literals import required_fragments, trailing_unbounded_repeat
+from analyzer.match.literals import can_cross_newline, required_fragments, trailing_unbounded_repeat
 from analyzer.types import Catalogue, Expression
 
 # Bump when the way databases are built changes, so stale cache entries are never loaded.
@@ -68,6 +68,8 @@ class CompiledCatalogue:
         self.prefilter = prefilter
         self.key = key
         self.from_cache = from_cache
+        # No expression can span a newline: a batch scan's (expression, end) pairs are exact per line.
+        self.line_local = not any(can_cross_newline(e.expression.pattern) for e in entries)
 
 
 def _entries(catalogue: Catalogue, signals: Mapping[str, Expression]) -> list[Entry]:
@@ -76,9 +78,11 @@ def _entries(catalogue: Catalogue, signals: Mapping[str, Expression]) -> list[En
     return entries
 
 
-def _cache_key(entries: Sequence[Entry]) -> str:
+def _cache_key(entries: Sequence[Entry], literals: Sequence[tuple[bytes, bool]] | None) -> str:
     spec = [[e.owner, e.expression.pattern, e.expression.caseless] for e in entries]
-    raw = json.dumps([_BUILD_VERSION, getattr(hyperscan, "__version__", "?"), spec], sort_keys=True).encode()
+    prefilter = None if literals is None else [[lit.hex(), caseless] for lit, caseless in literals]
+    version = getattr(hyperscan, "__version__", "?")
+    raw = json.dumps([_BUILD_VERSION, version, spec, prefilter], sort_keys=True).encode()
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -111,7 +115,7 @@ def compile_problems(entries: Sequence[Entry]) -> list[RuleProblem]:
 def _prefilter_literals(entries: Sequence[Entry]) -> list[tuple[bytes, bool]] | None:
     literals: set[tuple[bytes, bool]] = set()
     for entry in entries:
-        fragments = required_fragments(entry.expression.pattern)
+        fragments = required_fragments(entry.expression.pattern, entry.expression.caseless)
         if fragments is None:
             return None
         literals.update((f, entry.expression.caseless) for f in fragments)
@@ -132,7 +136,7 @@ def lint(catalogue: Catalogue) -> list[Warning_]:
                         "one match event instead of one per character)",
                     )
                 )
-            if required_fragments(e.pattern) is None:
+            if required_fragments(e.pattern, e.caseless) is None:
                 warnings.append(
                     Warning_(
                         rule.source,
@@ -180,8 +184,8 @@ def compile_catalogue(
     entries = _entries(catalogue, signals or {})
     if not entries:
         raise CatalogueError([RuleProblem("<catalogue>", None, "no expressions to compile")])
-    key = _cache_key(entries)
     literals = _prefilter_literals(entries)
+    key = _cache_key(entries, literals)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     exact_path, pre_path = cache / f"{key}.exact.hsdb", cache / f"{key}.prefilter.hsdb"
 

@@ -14,6 +14,60 @@ import re._parser as P  # type: ignore[import-not-found]
 from typing import Any
 
 MIN_FRAGMENT = 3
+MIN_TOKEN = 2  # an upper-case token such as an Envoy response flag (UH, DC, NR): rare in encoded records
+
+# Words every record of some kind carries (Fluent Bit envelope and kubernetes keys, Istio JSON keys, Envoy
+# JSON access-log keys): a fragment inside one of them flags every such record, so it is no prefilter.
+COMMON_WORDS = [
+    "@timestamp",
+    "stream",
+    "log",
+    "message",
+    "time",
+    "_p",
+    "kubernetes",
+    "pod_name",
+    "namespace_name",
+    "pod_id",
+    "labels",
+    "annotations",
+    "host",
+    "pod_ip",
+    "container_name",
+    "docker_id",
+    "container_hash",
+    "container_image",
+    "cluster_name",
+    "level",
+    "scope",
+    "msg",
+    "caller",
+    "thread",
+    "start_time",
+    "route_name",
+    "method",
+    "path",
+    "protocol",
+    "response_code",
+    "response_flags",
+    "response_code_details",
+    "connection_termination_details",
+    "bytes_received",
+    "bytes_sent",
+    "duration",
+    "upstream_service_time",
+    "x_forwarded_for",
+    "user_agent",
+    "request_id",
+    "authority",
+    "upstream_host",
+    "upstream_cluster",
+    "upstream_local_address",
+    "downstream_local_address",
+    "downstream_remote_address",
+    "requested_server_name",
+    "upstream_transport_failure_reason",
+]
 
 # Printable ASCII minus the characters JSON encoders escape (", \, and / by some, e.g. Fluent Bit's old one).
 _SAFE = frozenset(range(0x20, 0x7F)) - {ord('"'), ord("\\"), ord("/")}
@@ -26,8 +80,17 @@ def _score(alternatives: Alternatives) -> tuple[int, int]:
     return (min(len(a) for a in alternatives), -len(alternatives))
 
 
-def _best(options: list[Alternatives]) -> Alternatives | None:
-    usable = [o for o in options if o and min(len(a) for a in o) >= MIN_FRAGMENT]
+def _usable(fragment: bytes, caseless: bool) -> bool:
+    if any(fragment.decode() in word for word in COMMON_WORDS):
+        return False
+    if len(fragment) >= MIN_FRAGMENT:
+        return True
+    # Caseless, two letters would hit every hex digest ("dc", "ab"): only a case-sensitive token is rare.
+    return not caseless and len(fragment) >= MIN_TOKEN and fragment.isupper() and fragment.isalpha()
+
+
+def _best(options: list[Alternatives], caseless: bool) -> Alternatives | None:
+    usable = [o for o in options if o and all(_usable(a, caseless) for a in o)]
     return max(usable, key=_score) if usable else None
 
 
@@ -53,7 +116,7 @@ def _single_char(op: Any, av: Any) -> int | None:
     return None
 
 
-def _sequence(items: Any) -> Alternatives | None:
+def _sequence(items: Any, caseless: bool) -> Alternatives | None:
     """Best required alternative-set of a sequence of nodes."""
     options: list[Alternatives] = []
     run: list[int] = []
@@ -69,38 +132,41 @@ def _sequence(items: Any) -> Alternatives | None:
             continue
         close_run()
         if op is C.SUBPATTERN:
-            sub = _sequence(av[-1])
+            sub = _sequence(av[-1], caseless)
             if sub is not None:
                 options.append(sub)
         elif op is C.BRANCH:
-            branch = _branch(av[1])
+            branch = _branch(av[1], caseless)
             if branch is not None:
                 options.append(branch)
         elif op in (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT) and av[0] >= 1:
-            sub = _sequence(av[2])
+            sub = _sequence(av[2], caseless)
             if sub is not None:
                 options.append(sub)
     close_run()
-    return _best(options)
+    return _best(options, caseless)
 
 
-def _branch(branches: Any) -> Alternatives | None:
+def _branch(branches: Any, caseless: bool) -> Alternatives | None:
     union: set[bytes] = set()
     for branch in branches:
-        alternatives = _sequence(branch)
+        alternatives = _sequence(branch, caseless)
         if alternatives is None:
             return None
         union.update(alternatives)
     return frozenset(union)
 
 
-def required_fragments(pattern: str) -> Alternatives | None:
-    """Literals of 3+ JSON-safe bytes, one of which occurs in every match; None if there are none."""
+def required_fragments(pattern: str, caseless: bool = False) -> Alternatives | None:
+    """JSON-safe literals, one of which occurs in every match; None if there are none.
+
+    A fragment is 3+ characters (or a 2-letter upper-case token) and not part of a key every record carries.
+    """
     try:
         tree = P.parse(pattern)
     except (re.error, OverflowError, RecursionError):
         return None
-    return _sequence(tree.data)
+    return _sequence(tree.data, caseless)
 
 
 def trailing_unbounded_repeat(pattern: str) -> bool:
@@ -132,3 +198,63 @@ def _ends_unbounded(branch: Any) -> bool:
         return False
     op, av = items[-1]
     return op in (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT) and bool(av[1] == C.MAXREPEAT)
+
+
+_NEWLINE = 10
+# Classes (\s, \D, \W, linebreak) that contain the newline.
+_NEWLINE_CATEGORIES = {C.CATEGORY_SPACE, C.CATEGORY_NOT_DIGIT, C.CATEGORY_NOT_WORD, C.CATEGORY_LINEBREAK}
+
+
+def _class_has_newline(items: Any) -> bool:
+    negate = bool(items) and items[0][0] is C.NEGATE
+    hit = False
+    for op, av in items[1:] if negate else items:
+        if (
+            (op is C.LITERAL and av == _NEWLINE)
+            or (op is C.RANGE and av[0] <= _NEWLINE <= av[1])
+            or (op is C.CATEGORY and av in _NEWLINE_CATEGORIES)
+        ):
+            hit = True
+    return hit != negate
+
+
+def _crosses(items: Any) -> bool:
+    for op, av in items:
+        if op is C.LITERAL:
+            if av == _NEWLINE:
+                return True
+        elif op is C.NOT_LITERAL:
+            if av != _NEWLINE:
+                return True
+        elif op is C.IN:
+            if _class_has_newline(av):
+                return True
+        elif op is C.ANY:
+            continue  # "." stops at a newline (no DOTALL)
+        elif op is C.AT:
+            if av is C.AT_NON_BOUNDARY:
+                return True  # \B next to the separator is not \B at the text's edge
+        elif op is C.SUBPATTERN:
+            if _crosses(av[-1]):
+                return True
+        elif op is C.BRANCH:
+            if any(_crosses(b) for b in av[1]):
+                return True
+        elif op in (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT):
+            if _crosses(av[2]):
+                return True
+        elif op is C.CATEGORY:
+            if av in _NEWLINE_CATEGORIES:
+                return True
+        else:
+            return True  # anything unknown: assume it can
+    return False
+
+
+def can_cross_newline(pattern: str) -> bool:
+    """Whether a match could span a ``\\n`` (then a batch joined with ``\\n`` needs a per-line rescan)."""
+    try:
+        tree = P.parse(pattern)
+    except (re.error, OverflowError, RecursionError):
+        return True
+    return _crosses(tree.data)

@@ -22,29 +22,43 @@ BATCH_BYTES = 1 << 20
 BATCH_LINES = 4096
 
 IndexArray = npt.NDArray[np.intp]
+_ID_BITS = 20  # expression ids packed under the end offset: one int per match event, cheap in the callback
 
 
 def _collect_end(_id: int, _from: int, to: int, _flags: int, ends: list[int]) -> None:
     ends.append(to)
 
 
+def _collect_pair(expr_id: int, _from: int, to: int, _flags: int, pairs: list[int]) -> None:
+    pairs.append(to << _ID_BITS | expr_id)
+
+
 def _collect_id(expr_id: int, _from: int, _to: int, _flags: int, ids: set[int]) -> None:
     ids.add(expr_id)
 
 
-def _scan_batches(db: Any, lines: Sequence[bytes]) -> IndexArray:
-    """Indices of lines where a batch scan reported a match end (a superset of the matching lines)."""
+def _line_starts(lines: Sequence[bytes]) -> npt.NDArray[np.int64]:
     n = len(lines)
-    if n == 0:
-        return np.empty(0, dtype=np.intp)
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=n)
     starts = np.zeros(n, dtype=np.int64)
     np.cumsum(lengths[:-1] + 1, out=starts[1:])
+    return starts
+
+
+def _cuts(starts: npt.NDArray[np.int64]) -> list[int]:
+    n = len(starts)
     byte_cuts = np.searchsorted(starts, np.arange(BATCH_BYTES, int(starts[-1]) + 1, BATCH_BYTES))
     line_cuts = np.arange(BATCH_LINES, n, BATCH_LINES)
-    cuts = np.unique(np.concatenate(([0, n], byte_cuts, line_cuts))).tolist()
+    return list(np.unique(np.concatenate(([0, n], byte_cuts, line_cuts))).tolist())
+
+
+def _scan_batches(db: Any, lines: Sequence[bytes]) -> IndexArray:
+    """Indices of lines where a batch scan reported a match end (a superset of the matching lines)."""
+    if not lines:
+        return np.empty(0, dtype=np.intp)
+    starts = _line_starts(lines)
     found = []
-    for a, b in itertools.pairwise(cuts):
+    for a, b in itertools.pairwise(_cuts(starts)):
         ends: list[int] = []
         db.scan(b"\n".join(lines[a:b]), match_event_handler=_collect_end, context=ends)
         if ends:
@@ -53,6 +67,31 @@ def _scan_batches(db: Any, lines: Sequence[bytes]) -> IndexArray:
             hit = np.searchsorted(local, np.asarray(ends, dtype=np.int64) - 1, side="right") - 1
             found.append(np.unique(hit) + a)
     return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
+
+
+def _scan_pairs(db: Any, lines: Sequence[bytes]) -> list[tuple[int, list[int]]]:
+    """(line index, sorted expression ids) from batch scans: exact when no expression spans a newline."""
+    if not lines:
+        return []
+    starts = _line_starts(lines)
+    out: list[tuple[int, list[int]]] = []
+    for a, b in itertools.pairwise(_cuts(starts)):
+        pairs: list[int] = []
+        db.scan(b"\n".join(lines[a:b]), match_event_handler=_collect_pair, context=pairs)
+        if not pairs:
+            continue
+        packed = np.asarray(pairs, dtype=np.int64)
+        local = starts[a:b] - starts[a]
+        line = np.searchsorted(local, (packed >> _ID_BITS) - 1, side="right") - 1 + a
+        ident = packed & ((1 << _ID_BITS) - 1)
+        keys = np.unique(line * (1 << _ID_BITS) + ident)  # sorted by line, then expression id
+        line_of, id_of = (keys >> _ID_BITS).tolist(), (keys & ((1 << _ID_BITS) - 1)).tolist()
+        for index, expr in zip(line_of, id_of, strict=True):
+            if out and out[-1][0] == index:
+                out[-1][1].append(expr)
+            else:
+                out.append((index, [expr]))
+    return out
 
 
 class Matcher:
@@ -77,6 +116,9 @@ class Matcher:
 
     def __call__(self, lines: Sequence[bytes]) -> list[tuple[int, tuple[str, ...]]]:
         """(index, owners) for every line that matches, in input order."""
+        if self.compiled.line_local:
+            owners = self._owners
+            return [(i, tuple(dict.fromkeys(owners[e] for e in ids))) for i, ids in _scan_pairs(self._db, lines)]
         out = []
         for i in self.candidates(lines).tolist():
             owners = self.one(lines[i])

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyzer.match.literals import required_fragments, trailing_unbounded_repeat
+from analyzer.match.literals import can_cross_newline, required_fragments, trailing_unbounded_repeat
 
 
 @pytest.mark.parametrize(
@@ -14,7 +14,10 @@ from analyzer.match.literals import required_fragments, trailing_unbounded_repea
     [
         ("Failed to watch[^\\n]{0,400}dial tcp", {b"Failed to watch"}),
         ("(connection refused|i/o timeout)", {b"connection refused", b"o timeout"}),
-        ('"level":"error"', {b"level"}),
+        ('"level":"error"', {b"error"}),  # "level" is a key of every Istio JSON line: no filter
+        ('response_flags"?: ?"?(?:[A-Z]{1,5},){0,8}DC\\b', {b"DC"}),  # a flag token beats the common key
+        ("(?:UH|NR) x", {b"UH", b"NR"}),  # two-letter upper-case tokens are usable
+        ("ab[0-9]", None),
         ("(?:foo)+barbaz", {b"barbaz"}),
         ("iptables-restore: line [0-9]+ failed", {b"iptables-restore: line "}),
         ("ab(cd|ef)", None),  # no fragment of 3+ characters on every path
@@ -53,3 +56,24 @@ def test_every_match_contains_a_fragment(parts: list[str], text: str) -> None:
     m = re.search(pattern.encode(), text.encode(), re.M)
     if m:
         assert any(f in m.group(0) for f in fragments), (pattern, text, fragments)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("abc", False),
+        ("a\\sb", True),
+        ("a[^x]b", True),
+        ("a[^x\\n]b", False),
+        ("a.{0,9}b", False),
+        ("a\\Db", True),
+        ("a\\db", False),
+        ("(?:a|b\\n)", True),
+        ("a[ \\t]b", False),
+        ("x\\Bz", True),
+        ("a\\w+b", False),
+        ("\\bUH\\b", False),
+    ],
+)
+def test_can_cross_newline(pattern: str, expected: bool) -> None:
+    assert can_cross_newline(pattern) is expected

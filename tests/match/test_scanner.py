@@ -133,3 +133,38 @@ def test_prefilter_off_without_safe_literals(tmp_path: Path) -> None:
     compiled = compile_catalogue(catalogue(rule("short", "a[0-9]b")), cache_dir=tmp_path)
     assert compiled.prefilter is None
     assert RecordPrefilter(compiled)([b"{}", b"x"]).tolist() == [0, 1]
+
+
+LOCAL = catalogue(
+    rule("refused", r"connect: connection refused"),
+    rule("anchored", r"^ERROR [a-z]+$"),
+    rule("bounded", r"start[^x\n]{0,20}stop"),
+    rule("nocase", r"not ready", caseless=True),
+    rule("two", r"alpha beta", r"gamma delta"),
+    rule("word", r"\bfoo\b"),
+)
+
+
+@pytest.fixture(scope="module")
+def local_matcher(tmp_path_factory: pytest.TempPathFactory) -> Matcher:
+    compiled = compile_catalogue(LOCAL, cache_dir=tmp_path_factory.mktemp("hs-local"))
+    assert compiled.line_local  # the fast path: no rescans
+    return Matcher(compiled)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_lines, max_size=30))
+def test_line_local_batch_equals_reference(local_matcher: Matcher, lines: list[bytes]) -> None:
+    got = {i: set(owners) for i, owners in local_matcher(lines)}
+    expected = {i: ids for i, line in enumerate(lines) if (ids := reference(LOCAL, line))}
+    assert got == expected
+
+
+def test_line_local_many_batches(local_matcher: Matcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [b"foo alpha beta" if i % 5 == 0 else b"start...stop" if i % 5 == 1 else b"-" for i in range(3000)]
+    expected = local_matcher(lines)
+    monkeypatch.setattr(scanner_module, "BATCH_LINES", 7)
+    monkeypatch.setattr(scanner_module, "BATCH_BYTES", 64)
+    assert local_matcher(lines) == expected
+    assert [i for i, _ in expected] == [i for i in range(3000) if i % 5 in (0, 1)]
+    assert expected[0] == (0, ("two", "word"))
