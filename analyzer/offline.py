@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -9,8 +10,12 @@ from dataclasses import dataclass, field, replace
 
 from analyzer import incidents
 from analyzer.decode import Decoder, Format
-from analyzer.match import CompiledCatalogue, Matcher
+from analyzer.match import CompiledCatalogue, Matcher, RecordPrefilter
 from analyzer.types import Catalogue, Interval, LogRecord, Rejected, Rule, Status
+
+# A CRI partial line ("<time> stdout P <chunk>"): such blocks are decoded in order, so chunks are joined.
+_CRI_PARTIAL = re.compile(rb"^\S+ (?:stdout|stderr) P ", re.M)
+_LOOKBACK = 200  # lines searched for a timestamp when a matching line has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,10 @@ class LineMatcher:
     ) -> None:
         self._rules = catalogue.by_id()
         self._matcher = Matcher(compiled)
+        self._prefilter = RecordPrefilter(compiled)
+        self._fmt = fmt
         self._decoder = Decoder(fmt)
+        self._block_last: float | None = None
         self._metadata = metadata or Metadata()
         self.stats = Stats()
         self._last_time: float | None = None
@@ -92,6 +100,12 @@ class LineMatcher:
         return out
 
     def __call__(self, block: list[bytes]) -> list[Found]:
+        if self._fmt is Format.CRI or (self._fmt is Format.AUTO and _CRI_PARTIAL.search(b"\n".join(block))):
+            return self._sequential(block)
+        return self._match_first(block)
+
+    def _sequential(self, block: list[bytes]) -> list[Found]:
+        """Decode every line in order: needed where CRI partial lines must be joined."""
         decoded: list[tuple[int, LogRecord, float]] = []
         stats = self.stats
         for raw in block:
@@ -106,6 +120,54 @@ class LineMatcher:
             decoded.append((stats.lines, record, self._timed(record)))
         stats.records += len(decoded)
         return self._match(decoded)
+
+    def _match_first(self, block: list[bytes]) -> list[Found]:
+        """Scan the raw lines for the required literals; decode only candidates (and a few neighbours
+        for the time of a line that has none of its own)."""
+        stats = self.stats
+        base = stats.lines
+        stats.lines += len(block)
+        stats.records += len(block)
+        self._note_edges(block)
+        decoded: list[tuple[int, LogRecord, float]] = []
+        for i in self._prefilter(block).tolist():
+            result = Decoder(self._fmt)(block[i])
+            if result is None:
+                continue
+            if isinstance(result, Rejected):
+                stats.rejected[result.reason] += 1
+                continue
+            record = self._metadata.apply(result)
+            when = record.time if record.time is not None else self._time_before(block, i)
+            if record.time is not None and (stats.last_time is None or record.time > stats.last_time):
+                stats.last_time = record.time
+            decoded.append((base + i + 1, record, when))
+        if self._block_last is not None:
+            self._last_time = self._block_last
+        return self._match(decoded)
+
+    def _line_time(self, raw: bytes) -> float | None:
+        result = Decoder(self._fmt)(raw)
+        return result.time if isinstance(result, LogRecord) else None
+
+    def _time_before(self, block: list[bytes], index: int) -> float:
+        """The time of the nearest earlier line that has one (a multi-line message inherits its head's)."""
+        for j in range(index - 1, max(-1, index - _LOOKBACK), -1):
+            t = self._line_time(block[j])
+            if t is not None:
+                return t
+        return self._last_time or 0.0
+
+    def _note_edges(self, block: list[bytes]) -> None:
+        """First and last event time of the block, from the lines nearest its edges."""
+        stats = self.stats
+        first = next((t for raw in block[:_LOOKBACK] if (t := self._line_time(raw)) is not None), None)
+        last = next((t for raw in reversed(block[-_LOOKBACK:]) if (t := self._line_time(raw)) is not None), None)
+        for t in (first, last):
+            if t is not None:
+                stats.first_time = t if stats.first_time is None else min(stats.first_time, t)
+                stats.last_time = t if stats.last_time is None else max(stats.last_time, t)
+        self._block_last = last
 
     def flush(self) -> list[Found]:
         rest = [(self.stats.lines, self._metadata.apply(r), 0.0) for r in self._decoder.flush()]
