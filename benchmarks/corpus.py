@@ -1,0 +1,946 @@
+"""A seeded, realistic Istio log corpus: plain container lines and the Fluent Bit records that carry them.
+
+The background is what a mesh prints in steady state: Envoy access logs from istio-proxy in Istio's TEXT
+and JSON formats (reference §2.1/§2.2; mostly 200s, response flags mostly ``-``), istiod ``ads``/``klog``/
+``model`` info lines, pilot-agent ``sds``/``cache``/``xdsproxy`` lines and Envoy application-log lines.
+About 1% are problem lines: real lines from ``/work/shared/corpus/istio_real_lines.jsonl`` with their
+timestamps, IPv4 addresses and request ids re-drawn, so no two copies are identical.
+
+Each line is also wrapped as Fluent Bit's kafka output writes it (tail with the cri multiline parser,
+kubernetes filter, ``format json``, ``timestamp_key @timestamp`` as a double): the ``log`` value is
+JSON-encoded the way Fluent Bit does (``"``, ``\\``, control characters and non-ASCII escaped; TAB as
+``\\t`` or, with ``tab_escape="u0009"``, as ``\\u0009``).
+
+Importable (``generate``) and runnable: ``python benchmarks/corpus.py --lines 100000 --shape fluentbit -o out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REAL_LINES = Path("/work/shared/corpus/istio_real_lines.jsonl")
+DEFAULT_LINES = 1_000_000
+DEFAULT_SEED = 20240611
+# 2025-03-10T08:00:00Z: the corpus covers about an hour of one cluster's logs from there.
+DEFAULT_START = 1741593600.0
+ISTIO_VERSION = "1.22.3"
+
+# Real lines that are problems, by the container that prints them. Categories left out are benign lines
+# (pushes, readiness, startup flags) or not container output at all (kubectl events, issue titles,
+# quoted fragments with doubled quotes, Fluent Bit's own stdout dump).
+PROBLEM_CONTAINERS: dict[str, str] = {
+    "istiod-klog-reflector": "discovery",  # slow "Reflector ListAndWatch" trace
+    "istiod-klog-reflector-rbac": "discovery",
+    "istiod-json-klog-reflector-rbac": "discovery",
+    "klog-native-reflector": "discovery",
+    "controller-runtime-reflector-rbac": "discovery",
+    "istiod-klog-reflector-apiserver-refused": "discovery",
+    "istiod-klog-watch-ended": "discovery",
+    "klog-native-reflector-json-wrapped": "discovery",
+    "istiod-xds-nack": "discovery",
+    "istiod-ca-auth-failure": "discovery",
+    "istiod-debug-auth": "discovery",
+    "istiod-gateway-port-conflict": "discovery",
+    "galley-validation-webhook": "discovery",
+    "asm-doc-seed-apiserver": "discovery",
+    "envoy-legacy-xds-stream": "istio-proxy",
+    "envoy-legacy-lds-reject": "istio-proxy",
+    "envoy-legacy-xds-stream-503": "istio-proxy",
+    "envoy-xds-stream-closed": "istio-proxy",
+    "envoy-xds-nack": "istio-proxy",
+    "envoy-sds-stream-closed": "istio-proxy",
+    "format-derived:envoy-app-log-text": "istio-proxy",
+    "pilot-agent-xds-token": "istio-proxy",
+    "pilot-agent-not-ready": "istio-proxy",
+    "pilot-agent-not-ready-legacy": "istio-proxy",
+    "pilot-agent-csr-failure": "istio-proxy",
+    "pilot-agent-csr-failure-legacy": "istio-proxy",
+    "pilot-agent-warm-cert": "istio-proxy",
+    "mtls-cert-verify-failed": "istio-proxy",
+    "envoy-access-text-NR": "istio-proxy",
+    "envoy-access-text-NR-pre1.9": "istio-proxy",
+    "envoy-access-text-UF": "istio-proxy",
+    "envoy-access-text-UC (leading [START_TIME] cut in source)": "istio-proxy",
+    "envoy-access-text-rbac-403 (tail cut in index excerpt)": "istio-proxy",
+    "envoy-access-json-UH": "istio-proxy",
+    "envoy-access-json-UAEX-pre1.5": "istio-proxy",
+    "istio-init-failure": "istio-init",
+    "istio-init-panic": "istio-init",
+    "istio-validation-failure": "istio-validation",
+    "istio-cni-ambient-error": "install-cni",
+    "istio-cni-klog-reflector": "install-cni",
+    "asm-doc-app-econnrefused": "app",
+    "envoy-503-body": "app",
+    "envoy-503-details-tls": "app",
+}
+
+# Share of the background (the problem lines come on top, at problem_rate).
+MIX: tuple[tuple[str, float], ...] = (
+    ("access-text", 0.66),
+    ("access-json", 0.14),
+    ("istiod", 0.07),
+    ("pilot-agent", 0.07),
+    ("envoy-app", 0.06),
+)
+
+_TS_ISO = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+_TS_ENVOY = re.compile(rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]")
+_TS_KLOG = re.compile(rb"\b([IWEF])\d{4} \d\d:\d\d:\d\d\.\d{6}\b")
+_IPV4 = re.compile(rb"(?<![\w./@-])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\w.])")
+_UUID = re.compile(rb"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
+# --------------------------------------------------------------------------------------------------- time
+
+
+class Clock:
+    """Formats event times in the shapes Istio, Envoy and the container runtime write (cached per second)."""
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._date = ""
+        self._clock = ""
+
+    def _split(self, t: float) -> int:
+        sec = int(t)
+        if sec != self._sec:
+            tm = time.gmtime(sec)
+            self._sec = sec
+            self._date = f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}"
+            self._clock = f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+        return int((t - sec) * 1_000_000_000)
+
+    def iso(self, t: float, digits: int = 6) -> str:
+        ns = self._split(t)
+        if digits == 0:
+            return f"{self._date}T{self._clock}Z"
+        return f"{self._date}T{self._clock}.{ns:09d}"[: 20 + digits] + "Z"
+
+    def envoy(self, t: float) -> str:
+        ns = self._split(t)
+        return f"{self._date} {self._clock}.{ns // 1_000_000:03d}"
+
+    def klog(self, t: float) -> str:
+        ns = self._split(t)
+        return f"{self._date[5:7]}{self._date[8:10]} {self._clock}.{ns // 1000:06d}"
+
+
+# ------------------------------------------------------------------------------------------------ cluster
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    app: str
+    template_hash: str
+    uid: str
+    ip: str
+    host: str
+    containers: dict[str, tuple[str, str]]  # container -> (image, docker_id)
+    istio: bool = True
+    ports: tuple[int, ...] = (8080,)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    port: int
+    ip: str
+    grpc: bool
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.name}.{self.namespace}.svc.cluster.local"
+
+
+_APPS = {
+    "bookinfo": [
+        ("productpage", 9080, False),
+        ("reviews", 9080, False),
+        ("ratings", 9080, False),
+        ("details", 9080, False),
+    ],
+    "shop": [
+        ("frontend", 8080, False),
+        ("cartservice", 7070, True),
+        ("checkoutservice", 5050, True),
+        ("currencyservice", 7000, True),
+        ("paymentservice", 50051, True),
+        ("productcatalog", 3550, True),
+        ("recommendation", 8080, True),
+        ("shipping", 50051, True),
+        ("adservice", 9555, True),
+        ("email", 8080, True),
+    ],
+    "payments": [
+        ("ledger", 8080, False),
+        ("gateway-api", 8443, False),
+        ("fraud-scoring", 9000, True),
+        ("settlement", 8080, False),
+    ],
+    "identity": [("auth", 8080, False), ("user-profile", 8080, False), ("session-store", 6379, False)],
+    "search": [("indexer", 8080, False), ("query", 8080, False), ("suggest", 8080, True)],
+    "orders": [
+        ("order-api", 8080, False),
+        ("order-worker", 8080, False),
+        ("inventory", 8080, True),
+        ("fulfilment", 8080, False),
+    ],
+    "platform": [("config-server", 8888, False), ("feature-flags", 8080, True), ("audit-log", 8080, False)],
+    "media": [("thumbnailer", 8080, False), ("uploader", 8080, False), ("cdn-origin", 8080, False)],
+}
+_NODES = [f"gke-prod-eu-west1-pool-{p}-{h}" for p in ("a", "b", "c") for h in ("7c1d", "9f2e", "3b4a", "e5d6")]
+_HTTP_PATHS = {
+    "productpage": ["/productpage", "/static/bootstrap/css/bootstrap.min.css", "/login", "/logout", "/api/v1/products"],
+    "reviews": ["/reviews/{n}", "/health"],
+    "ratings": ["/ratings/{n}", "/health"],
+    "details": ["/details/{n}", "/health"],
+    "frontend": [
+        "/",
+        "/product/{id}",
+        "/cart",
+        "/cart/checkout",
+        "/setCurrency",
+        "/static/img/products/{id}.jpg",
+        "/_healthz",
+    ],
+    "ledger": ["/v2/accounts/{id}/entries", "/v2/accounts/{id}/balance", "/v2/transfers"],
+    "gateway-api": ["/api/v3/payments", "/api/v3/payments/{id}", "/api/v3/refunds", "/healthz"],
+    "settlement": ["/settlements/{id}", "/batches?since={n}"],
+    "auth": [
+        "/oauth2/token",
+        "/oauth2/authorize?client_id={id}&response_type=code",
+        "/.well-known/jwks.json",
+        "/userinfo",
+    ],
+    "user-profile": ["/users/{id}", "/users/{id}/preferences", "/users?email=user{n}%40example.com"],
+    "session-store": ["/sessions/{id}"],
+    "indexer": ["/index/documents", "/index/status"],
+    "query": ["/search?q=item+{n}&page=2", "/search?q={id}", "/v1/facets"],
+    "order-api": ["/orders", "/orders/{id}", "/orders/{id}/items", "/orders?customer={id}&limit=50"],
+    "order-worker": ["/jobs/{id}", "/metrics"],
+    "fulfilment": ["/shipments/{id}", "/shipments"],
+    "config-server": ["/application/default", "/{id}/prod/main"],
+    "audit-log": ["/events", "/events/{id}"],
+    "thumbnailer": ["/thumb/{id}?w=320&h=240", "/thumb/{id}?w=64"],
+    "uploader": ["/upload", "/upload/{id}/parts/{n}"],
+    "cdn-origin": ["/assets/{id}.js", "/assets/{id}.css", "/images/{id}.webp"],
+}
+_GRPC_METHODS = {
+    "cartservice": ["/hipstershop.CartService/GetCart", "/hipstershop.CartService/AddItem"],
+    "checkoutservice": ["/hipstershop.CheckoutService/PlaceOrder"],
+    "currencyservice": ["/hipstershop.CurrencyService/Convert", "/hipstershop.CurrencyService/GetSupportedCurrencies"],
+    "paymentservice": ["/hipstershop.PaymentService/Charge"],
+    "productcatalog": [
+        "/hipstershop.ProductCatalogService/ListProducts",
+        "/hipstershop.ProductCatalogService/GetProduct",
+    ],
+    "recommendation": ["/hipstershop.RecommendationService/ListRecommendations"],
+    "shipping": ["/hipstershop.ShippingService/GetQuote", "/hipstershop.ShippingService/ShipOrder"],
+    "adservice": ["/hipstershop.AdService/GetAds"],
+    "email": ["/hipstershop.EmailService/SendOrderConfirmation"],
+    "fraud-scoring": ["/fraud.v1.Scoring/Score"],
+    "suggest": ["/search.v1.Suggest/Complete"],
+    "inventory": ["/inventory.v2.Stock/Reserve", "/inventory.v2.Stock/Get"],
+    "feature-flags": ["/flags.v1.Flags/Evaluate"],
+}
+_USER_AGENTS = [
+    "Go-http-client/1.1",
+    "Go-http-client/2.0",
+    "grpc-go/1.64.0",
+    "grpc-java-netty/1.62.2",
+    "okhttp/4.12.0",
+    "python-requests/2.31.0",
+    "curl/8.5.0",
+    "axios/1.6.8",
+    "Apache-HttpClient/4.5.14 (Java/17.0.10)",
+    "kube-probe/1.29",
+    "envoy",
+    "Prometheus/2.51.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4_1) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 "
+    "Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+]
+_CODES = [
+    (200, 0.905),
+    (201, 0.02),
+    (204, 0.02),
+    (304, 0.012),
+    (302, 0.008),
+    (404, 0.02),
+    (400, 0.006),
+    (401, 0.005),
+    (403, 0.002),
+    (409, 0.001),
+    (500, 0.0008),
+    (502, 0.0002),
+]
+_JSON_KEYS = [
+    "start_time",
+    "route_name",
+    "method",
+    "path",
+    "protocol",
+    "response_code",
+    "response_flags",
+    "response_code_details",
+    "connection_termination_details",
+    "bytes_received",
+    "bytes_sent",
+    "duration",
+    "upstream_service_time",
+    "x_forwarded_for",
+    "user_agent",
+    "request_id",
+    "authority",
+    "upstream_host",
+    "upstream_cluster",
+    "upstream_local_address",
+    "downstream_local_address",
+    "downstream_remote_address",
+    "requested_server_name",
+    "upstream_transport_failure_reason",
+]
+
+
+def _hexs(rnd: random.Random, n: int) -> str:
+    return f"{rnd.getrandbits(4 * n):0{n}x}"
+
+
+def _alnum(rnd: random.Random, n: int) -> str:
+    return "".join(rnd.choices("bcdfghjklmnpqrstvwxz2456789", k=n))
+
+
+def _kb(rnd: random.Random, lo: int, hi: int) -> str:
+    return f"{rnd.randrange(lo, hi)}.{rnd.randrange(10)}kB"
+
+
+def _uuid(rnd: random.Random) -> str:
+    return str(uuid.UUID(int=rnd.getrandbits(128), version=4))
+
+
+class Cluster:
+    """Pods, services and istiod replicas of one seeded cluster."""
+
+    def __init__(self, rnd: random.Random) -> None:
+        self.rnd = rnd
+        self.services: list[Service] = []
+        self.pods: list[Pod] = []
+        self.pods_of: dict[str, list[Pod]] = {}
+        for ns, apps in _APPS.items():
+            for app, port, grpc in apps:
+                svc = Service(app, ns, port, f"10.96.{rnd.randrange(256)}.{rnd.randrange(1, 255)}", grpc)
+                self.services.append(svc)
+                rs = _alnum(rnd, rnd.choice((9, 10)))
+                version = f"v{rnd.randrange(1, 4)}.{rnd.randrange(30)}.{rnd.randrange(10)}"
+                image = f"europe-docker.pkg.dev/prod-registry/{ns}/{app}:{version}"
+                pods = [
+                    self._pod(f"{app}-{rs}-{_alnum(rnd, 5)}", ns, app, rs, app, image, (port,))
+                    for _ in range(rnd.choice((1, 2, 2, 3, 4)))
+                ]
+                self.pods.extend(pods)
+                self.pods_of[app] = pods
+        rs = _alnum(rnd, 10)
+        self.istiod = [
+            Pod(
+                f"istiod-{rs}-{_alnum(rnd, 5)}",
+                "istio-system",
+                "istiod",
+                rs,
+                _uuid(rnd),
+                self._ip(),
+                rnd.choice(_NODES),
+                {"discovery": (f"docker.io/istio/pilot:{ISTIO_VERSION}", _hexs(rnd, 64))},
+                istio=False,
+                ports=(15012,),
+            )
+            for _ in range(2)
+        ]
+        self.cni = [
+            Pod(
+                f"istio-cni-node-{_alnum(rnd, 5)}",
+                "istio-system",
+                "istio-cni-node",
+                "",
+                _uuid(rnd),
+                host,
+                host,
+                {"install-cni": (f"docker.io/istio/install-cni:{ISTIO_VERSION}", _hexs(rnd, 64))},
+                istio=False,
+            )
+            for host in _NODES
+        ]
+
+    def _ip(self) -> str:
+        return f"10.{self.rnd.choice((4, 8, 12, 20))}.{self.rnd.randrange(256)}.{self.rnd.randrange(2, 255)}"
+
+    def _pod(self, name: str, ns: str, app: str, rs: str, container: str, image: str, ports: tuple[int, ...]) -> Pod:
+        rnd = self.rnd
+        containers = {
+            container: (image, _hexs(rnd, 64)),
+            "istio-proxy": (f"docker.io/istio/proxyv2:{ISTIO_VERSION}", _hexs(rnd, 64)),
+            "istio-init": (f"docker.io/istio/proxyv2:{ISTIO_VERSION}", _hexs(rnd, 64)),
+        }
+        return Pod(name, ns, app, rs, _uuid(rnd), self._ip(), rnd.choice(_NODES), containers, ports=ports)
+
+    def mesh_pod(self) -> Pod:
+        return self.rnd.choice(self.pods)
+
+
+# ---------------------------------------------------------------------------------------------- generators
+
+
+@dataclass(slots=True)
+class Line:
+    text: str
+    pod: Pod
+    container: str
+    stream: str = "stdout"
+
+
+class Generator:
+    """Draws background lines of each kind, and varied copies of the real problem lines."""
+
+    def __init__(self, rnd: random.Random, cluster: Cluster, real: Sequence[tuple[str, bytes]]) -> None:
+        self.rnd = rnd
+        self.cluster = cluster
+        self.clock = Clock()
+        self.real = list(real)
+        self.json_order = list(_JSON_KEYS)
+        rnd.shuffle(self.json_order)  # Envoy does not sort keys; one proxy build keeps one order
+        self.code_pop = [c for c, _ in _CODES]
+        self.code_w = [w for _, w in _CODES]
+        self.kinds: dict[str, Callable[[float], Line]] = {
+            "access-text": self.access_text,
+            "access-json": self.access_json,
+            "istiod": self.istiod,
+            "pilot-agent": self.pilot_agent,
+            "envoy-app": self.envoy_app,
+        }
+
+    # -- access logs ---------------------------------------------------------------------------------
+
+    def _request(self, t: float) -> dict[str, object]:
+        """One request as Envoy's formatter sees it (None = missing, printed '-' or null)."""
+        rnd = self.rnd
+        pod = self.cluster.mesh_pod()
+        svc = rnd.choice(self.cluster.services)
+        inbound = rnd.random() < 0.5
+        tcp = not svc.grpc and rnd.random() < 0.015
+        dst_pod = rnd.choice(self.cluster.pods_of[svc.name])
+        if svc.grpc:
+            method, path, proto = (
+                "POST",
+                rnd.choice(_GRPC_METHODS.get(svc.name, ["/grpc.health.v1.Health/Check"])),
+                "HTTP/2",
+            )
+        else:
+            method = rnd.choices(("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"), (80, 12, 3, 2, 2, 1))[0]
+            template = rnd.choice(_HTTP_PATHS.get(svc.name, ["/", "/healthz"]))
+            path = template.replace("{n}", str(rnd.randrange(1, 5000))).replace(
+                "{id}", _hexs(rnd, rnd.choice((8, 12, 24)))
+            )
+            proto = rnd.choices(("HTTP/1.1", "HTTP/2"), (7, 3))[0]
+        code = rnd.choices(self.code_pop, self.code_w)[0]
+        flags, details = "-", "via_upstream"
+        dur = int(rnd.expovariate(1 / 18)) + 1
+        if rnd.random() < 0.0015:  # client went away mid-request: benign, very common in real meshes
+            code, flags, details = 0, "DC", "downstream_remote_disconnect"
+        peer_port = rnd.randrange(32768, 61000)
+        if inbound:
+            port = dst_pod.ports[0]
+            upstream_host = f"{dst_pod.ip}:{port}"
+            upstream_cluster = f"inbound|{port}||"
+            upstream_local = f"127.0.0.6:{rnd.randrange(32768, 61000)}"
+            downstream_local = f"{dst_pod.ip}:{port}"
+            downstream_remote = f"{pod.ip}:{peer_port}"
+            sni = f"outbound_.{svc.port}_._.{svc.fqdn}"
+            route = "default"
+            xff = None
+            pod, dst_pod = dst_pod, pod  # an inbound line is printed by the server's sidecar
+        else:
+            upstream_host = f"{dst_pod.ip}:{dst_pod.ports[0]}"
+            upstream_cluster = f"outbound|{svc.port}||{svc.fqdn}"
+            upstream_local = f"{pod.ip}:{rnd.randrange(32768, 61000)}"
+            downstream_local = f"{svc.ip}:{svc.port}"
+            downstream_remote = f"{pod.ip}:{peer_port}"
+            sni = None
+            route = "default" if rnd.random() < 0.8 else f"{svc.name}.{svc.namespace}.svc.cluster.local:{svc.port}"
+            xff = (
+                f"{rnd.randrange(1, 223)}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"
+                if rnd.random() < 0.1
+                else None
+            )
+        if tcp:
+            return {
+                "start_time": self.clock.iso(t, 3),
+                "method": None,
+                "path": None,
+                "protocol": None,
+                "response_code": 0,
+                "response_flags": None,
+                "response_code_details": None,
+                "connection_termination_details": None,
+                "upstream_transport_failure_reason": None,
+                "bytes_received": rnd.randrange(100, 90000),
+                "bytes_sent": rnd.randrange(100, 900000),
+                "duration": rnd.randrange(1000, 600000),
+                "upstream_service_time": None,
+                "x_forwarded_for": None,
+                "user_agent": None,
+                "request_id": None,
+                "authority": None,
+                "upstream_host": upstream_host,
+                "upstream_cluster": upstream_cluster,
+                "upstream_local_address": upstream_local,
+                "downstream_local_address": downstream_local,
+                "downstream_remote_address": downstream_remote,
+                "requested_server_name": sni,
+                "route_name": None,
+                "_pod": pod,
+            }
+        return {
+            "start_time": self.clock.iso(t, 3),
+            "method": method,
+            "path": path,
+            "protocol": proto,
+            "response_code": code,
+            "response_flags": None if flags == "-" else flags,
+            "response_code_details": details,
+            "connection_termination_details": None,
+            "upstream_transport_failure_reason": None,
+            "bytes_received": 0 if method in ("GET", "HEAD", "DELETE") else rnd.randrange(20, 4000),
+            "bytes_sent": 0 if code in (204, 304, 0) else int(rnd.lognormvariate(7, 1.5)),
+            "duration": dur,
+            "upstream_service_time": None if code == 0 else str(max(1, dur - rnd.randrange(0, 3))),
+            "x_forwarded_for": xff,
+            "user_agent": rnd.choice(_USER_AGENTS),
+            "request_id": _uuid(rnd),
+            "authority": f"{svc.name}.{svc.namespace}.svc.cluster.local:{svc.port}"
+            if rnd.random() < 0.5
+            else f"{svc.name}:{svc.port}",
+            "upstream_host": upstream_host,
+            "upstream_cluster": upstream_cluster,
+            "upstream_local_address": upstream_local,
+            "downstream_local_address": downstream_local,
+            "downstream_remote_address": downstream_remote,
+            "requested_server_name": sni,
+            "route_name": route,
+            "_pod": pod,
+        }
+
+    def access_text(self, t: float) -> Line:
+        r = self._request(t)
+
+        def d(key: str) -> object:
+            v = r[key]
+            return "-" if v is None else v
+
+        text = (
+            f'[{r["start_time"]}] "{d("method")} {d("path")} {d("protocol")}" '
+            f"{r['response_code']} {d('response_flags')} {d('response_code_details')} "
+            f'{d("connection_termination_details")} "{d("upstream_transport_failure_reason")}" '
+            f"{r['bytes_received']} {r['bytes_sent']} {r['duration']} {d('upstream_service_time')} "
+            f'"{d("x_forwarded_for")}" "{d("user_agent")}" "{d("request_id")}" "{d("authority")}" '
+            f'"{d("upstream_host")}" {d("upstream_cluster")} {d("upstream_local_address")} '
+            f"{d('downstream_local_address')} {d('downstream_remote_address')} {d('requested_server_name')} "
+            f"{d('route_name')}"
+        )
+        pod = r["_pod"]
+        assert isinstance(pod, Pod)
+        return Line(text, pod, "istio-proxy")
+
+    def access_json(self, t: float) -> Line:
+        r = self._request(t)
+        pod = r.pop("_pod")
+        assert isinstance(pod, Pod)
+        text = json.dumps({k: r[k] for k in self.json_order}, separators=(",", ":"), ensure_ascii=False)
+        return Line(text, pod, "istio-proxy")
+
+    # -- istiod ---------------------------------------------------------------------------------------
+
+    def _node(self) -> str:
+        pod = self.cluster.mesh_pod()
+        return f"{pod.name}.{pod.namespace}"
+
+    def istiod(self, t: float) -> Line:
+        rnd = self.rnd
+        ts = self.clock.iso(t)
+        node = self._node()
+        svc = rnd.choice(self.cluster.services)
+        kind = rnd.random()
+        if kind < 0.16:
+            msg = f"ads\tCDS: PUSH for node:{node} resources:{rnd.randrange(20, 400)} size:{_kb(rnd, 10, 900)}"
+        elif kind < 0.34:
+            n = rnd.randrange(1, 60)
+            msg = (
+                f"ads\tEDS: PUSH request for node:{node} resources:{n} size:{_kb(rnd, 1, 90)} "
+                f"empty:0 cached:{n - rnd.randrange(0, n + 1) if n else 0}/{n}"
+            )
+        elif kind < 0.46:
+            msg = f"ads\tLDS: PUSH for node:{node} resources:{rnd.randrange(5, 80)} size:{_kb(rnd, 10, 400)}"
+        elif kind < 0.58:
+            msg = (
+                f"ads\tRDS: PUSH for node:{node} resources:{rnd.randrange(1, 40)} size:{_kb(rnd, 1, 200)} "
+                f"cached:0/{rnd.randrange(1, 40)}"
+            )
+        elif kind < 0.66:
+            msg = (
+                f"ads\tPush debounce stable[{rnd.randrange(100, 9000)}] {rnd.randrange(1, 9)} for config "
+                f"ServiceEntry:{svc.namespace}/{svc.name} and {rnd.randrange(0, 4)}"
+                f" more configs: 100.{rnd.randrange(1000):03}ms "
+                f"since last change, {rnd.randrange(100, 900)}.{rnd.randrange(1000):03}ms since last "
+                "push, full=true"
+            )
+        elif kind < 0.72:
+            msg = (
+                f"ads\tXDS: Pushing Services:{len(self.cluster.services) + rnd.randrange(0, 5)}"
+                f" ConnectedEndpoints:{len(self.cluster.pods)} "
+                f"Version:{self.clock.iso(t, 0)}/{rnd.randrange(1, 9000)}"
+            )
+        elif kind < 0.78:
+            msg = f"ads\tADS: new connection for node:{node}-{rnd.randrange(1, 400)}"
+        elif kind < 0.84:
+            pod = self.cluster.mesh_pod()
+            msg = (
+                f'ads\tADS: "{pod.ip}:{rnd.randrange(32768, 61000)}"'
+                f" {pod.name}.{pod.namespace}-{rnd.randrange(1, 400)} "
+                "terminated"
+            )
+        elif kind < 0.89:
+            msg = f"model\tIncremental push, service {svc.fqdn} at shard Kubernetes/Kubernetes has no endpoints"
+        elif kind < 0.93:
+            pod = self.cluster.mesh_pod()
+            msg = (
+                f"validation\tvalidated "
+                f"{rnd.choice(('VirtualService', 'DestinationRule', 'Gateway', 'AuthorizationPolicy'))} "
+                f"{pod.namespace}/{pod.app}"
+            )
+        elif kind < 0.97:
+            res = rnd.choice(
+                ("*v1.Service", "*v1.Pod", "*v1.EndpointSlice", "*v1beta1.VirtualService", "*v1.ConfigMap")
+            )
+            msg = f"klog\tcaches populated\ttype={res} reflector=k8s.io/client-go@v0.30.3/tools/cache/reflector.go:232"
+        else:
+            pod = self.cluster.mesh_pod()
+            msg = (
+                f"serverca\tgenerated new workload certificate for spiffe://cluster.local"
+                f"/ns/{pod.namespace}/sa/{pod.app} "
+                "ttl=24h0m0s"
+            )
+        pod = rnd.choice(self.cluster.istiod)
+        if rnd.random() < 0.2:  # a part of the fleet runs with --log_as_json
+            scope, _, text = msg.partition("\t")
+            body = {"level": "info", "time": ts, "scope": scope, "msg": text.split("\t")[0]}
+            return Line(json.dumps(body, separators=(",", ":")), pod, "discovery")
+        return Line(f"{ts}\tinfo\t{msg}", pod, "discovery")
+
+    # -- pilot-agent (istio-proxy container) ---------------------------------------------------------
+
+    def pilot_agent(self, t: float) -> Line:
+        rnd = self.rnd
+        ts = self.clock.iso(t)
+        pod = self.cluster.mesh_pod()
+        kind = rnd.random()
+        if kind < 0.25:
+            msg = (
+                f"cache\tgenerated new workload certificate\tresourceName=default"
+                f" latency={rnd.randrange(20, 300)}.{rnd.randrange(1000):03}ms "
+                f"ttl=23h59m59.{rnd.randrange(10**9):09d}s"
+            )
+        elif kind < 0.45:
+            msg = (
+                f"ads\tSDS: PUSH request for node:{pod.name}.{pod.namespace} resources:1"
+                f" size:{rnd.choice(('1.1', '4.0'))}kB "
+                f"resource:{rnd.choice(('default', 'ROOTCA'))}"
+            )
+        elif kind < 0.60:
+            msg = "xdsproxy\tconnected to delta upstream XDS server: istiod.istio-system.svc:15012\tid=" + str(
+                rnd.randrange(1, 40)
+            )
+        elif kind < 0.70:
+            msg = f"ads\tADS: new connection for node:{rnd.randrange(1, 9)}"
+        elif kind < 0.78:
+            msg = f"ads\tSDS: new connection for node:{rnd.randrange(1, 9)}"
+        elif kind < 0.86:
+            msg = "cache\tRoot cert has changed, start rotating root cert"
+        elif kind < 0.93:
+            msg = f"xdsproxy\tEnvoy ADS stream established\tstream={rnd.randrange(1, 40)}"
+        elif kind < 0.995:
+            interval = rnd.choice((5, 10, 15))
+            msg = f"healthcheck\tmonitoring app health\tapp={pod.app} port={pod.ports[0]} interval={interval}s"
+        else:  # a pod (re)starting: readiness goes through once
+            msg = "Envoy proxy is ready"
+        if rnd.random() < 0.15:
+            scope, _, text = msg.partition("\t")
+            body = (
+                {"level": "info", "time": ts, "scope": scope, "msg": text.split("\t")[0]}
+                if text
+                else {"level": "info", "time": ts, "msg": scope}
+            )
+            return Line(json.dumps(body, separators=(",", ":")), pod, "istio-proxy")
+        return Line(f"{ts}\tinfo\t{msg}", pod, "istio-proxy")
+
+    # -- Envoy application log (istio-proxy container, stderr) ----------------------------------------
+
+    def envoy_app(self, t: float) -> Line:
+        rnd = self.rnd
+        ts = self.clock.iso(t)
+        pod = self.cluster.mesh_pod()
+        thread = rnd.randrange(14, 40)
+        kind = rnd.random()
+        if kind < 0.30:
+            where, level = "envoy upstream external/envoy/source/common/upstream/cds_api_helper.cc:32", "info"
+            msg = f"cds: add {rnd.randrange(20, 400)} cluster(s), remove {rnd.randrange(0, 4)} cluster(s)"
+        elif kind < 0.55:
+            where, level = "envoy upstream external/envoy/source/common/upstream/cds_api_helper.cc:71", "info"
+            msg = (
+                f"cds: added/updated {rnd.randrange(1, 6)} cluster(s), skipped {rnd.randrange(20, 400)} "
+                "unmodified cluster(s)"
+            )
+        elif kind < 0.75:
+            svc = rnd.choice(self.cluster.services)
+            where, level = "envoy upstream external/envoy/source/common/listener_manager/lds_api.cc:99", "info"
+            msg = f"lds: add/update listener '{svc.ip}_{svc.port}'"
+        elif kind < 0.85:
+            where, level = "envoy main external/envoy/source/server/server.cc:932", "warning"
+            msg = (
+                "there is no configured limit to the number of allowed active downstream connections. "
+                "Configure a limit in `envoy.resource_monitors.downstream_connections` resource monitor."
+            )
+        elif kind < 0.95:
+            where, level = "envoy config external/envoy/source/common/config/xds_resource.cc:67", "warning"
+            msg = "Ignoring unwatched type URL type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+        else:
+            where, level = "envoy misc external/envoy/source/common/protobuf/message_validator_impl.cc:21", "warning"
+            msg = (
+                "Deprecated field: type envoy.config.core.v3.HeaderValueOption Using deprecated option "
+                "'envoy.config.core.v3.HeaderValueOption.append' from file base.proto."
+            )
+        return Line(f"{ts}\t{level}\t{where}\t{msg}\tthread={thread}", pod, "istio-proxy", "stderr")
+
+    # -- real problem lines --------------------------------------------------------------------------
+
+    def problem(self, t: float) -> Line:
+        rnd = self.rnd
+        category, raw = rnd.choice(self.real)
+        clock = self.clock
+
+        def iso(m: re.Match[bytes]) -> bytes:
+            digits = len(m.group(1)) if m.group(1) else 0
+            return clock.iso(t, min(digits, 9)).encode()[:-1] + m.group(2)
+
+        text = _TS_ISO.sub(iso, raw)
+        text = _TS_ENVOY.sub(lambda m: f"[{clock.envoy(t)}]".encode(), text)
+        text = _TS_KLOG.sub(lambda m: m.group(1) + clock.klog(t).encode(), text)
+        text = _IPV4.sub(self._ip, text)
+        text = _UUID.sub(lambda m: _uuid(rnd).encode(), text)
+        container = PROBLEM_CONTAINERS[category]
+        if container == "discovery":
+            pod = rnd.choice(self.cluster.istiod)
+        elif container == "install-cni":
+            pod = rnd.choice(self.cluster.cni)
+        else:
+            pod = self.cluster.mesh_pod()
+            if container == "app":
+                container = pod.app
+        stream = "stderr" if container in ("istio-init", "istio-validation") else "stdout"
+        return Line(text.decode(), pod, container, stream)
+
+    def _ip(self, m: re.Match[bytes]) -> bytes:
+        first = m.group(1)
+        if first in (b"127", b"0") or int(first) > 255:
+            return m.group(0)
+        return b"%s.%s.%d.%d" % (first, m.group(2), self.rnd.randrange(256), self.rnd.randrange(1, 255))
+
+
+# ---------------------------------------------------------------------------------------------- Fluent Bit
+
+
+def encode_string(text: str, tab_escape: str = "t") -> str:
+    """A JSON string as Fluent Bit's encoder writes it: ``"``/``\\``/controls escaped, non-ASCII as \\uXXXX."""
+    if tab_escape == "t" or "\t" not in text:
+        return json.dumps(text, ensure_ascii=True)
+    return '"' + "\\u0009".join(json.dumps(part, ensure_ascii=True)[1:-1] for part in text.split("\t")) + '"'
+
+
+class RecordEncoder:
+    """Wraps lines into Fluent Bit kafka-output records (kubernetes metadata cached per pod and container)."""
+
+    def __init__(self, rnd: random.Random, tab_escape: str = "t") -> None:
+        if tab_escape not in ("t", "u0009"):
+            raise ValueError("tab_escape must be 't' or 'u0009'")
+        self.rnd = rnd
+        self.tab_escape = tab_escape
+        self.clock = Clock()
+        self._meta: dict[tuple[str, str], str] = {}
+
+    def kubernetes(self, pod: Pod, container: str) -> str:
+        key = (pod.name, container)
+        cached = self._meta.get(key)
+        if cached is not None:
+            return cached
+        image, docker_id = pod.containers.get(container) or pod.containers.setdefault(
+            container, (f"europe-docker.pkg.dev/prod-registry/{pod.namespace}/{container}:latest", _hexs(self.rnd, 64))
+        )
+        labels: dict[str, str] = {"app": pod.app}
+        if pod.template_hash:
+            labels["pod-template-hash"] = pod.template_hash
+        if pod.istio:
+            labels["security.istio.io/tlsMode"] = "istio"
+            labels["service.istio.io/canonical-name"] = pod.app
+        else:
+            labels["istio.io/rev"] = "default"
+        repo = image.rsplit(":", 1)[0]
+        meta = {
+            "pod_name": pod.name,
+            "namespace_name": pod.namespace,
+            "pod_id": pod.uid,
+            "labels": labels,
+            "host": pod.host,
+            "container_name": container,
+            "docker_id": docker_id,
+            "container_hash": f"{repo}@sha256:{_hexs(self.rnd, 64)}",
+            "container_image": image,
+        }
+        encoded = json.dumps(meta, separators=(",", ":"), ensure_ascii=True)
+        self._meta[key] = encoded
+        return encoded
+
+    def __call__(self, line: Line, t: float) -> tuple[bytes, float]:
+        """(record value, Kafka timestamp). ``t``: when the runtime read the line."""
+        flushed = t + self.rnd.uniform(0.05, 1.0)  # Fluent Bit's flush interval
+        value = (
+            f'{{"@timestamp":{flushed:.6f},"time":"{self.clock.iso(t, 9)}","stream":"{line.stream}","_p":"F",'
+            f'"log":{encode_string(line.text, self.tab_escape)}'
+            f',"kubernetes":{self.kubernetes(line.pod, line.container)}}}'
+        )
+        return value.encode("ascii"), flushed + self.rnd.uniform(0.001, 0.05)
+
+
+# ----------------------------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    lines: list[bytes]  # decoded container lines (UTF-8, no trailing newline)
+    records: list[bytes]  # Fluent Bit kafka-output values, records[i] carries lines[i]; empty if not asked for
+    timestamps: list[float]  # Kafka record timestamps (s), parallel to records
+    problems: list[int]  # indices of the injected real problem lines
+    kinds: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def line_bytes(self) -> int:
+        """Size of the lines as a newline-terminated file."""
+        return sum(map(len, self.lines)) + len(self.lines)
+
+    @property
+    def record_bytes(self) -> int:
+        return sum(map(len, self.records))
+
+
+def real_problem_lines(path: Path = REAL_LINES) -> list[tuple[str, bytes]]:
+    """(category, line) of the real lines that are problems and real container output."""
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for raw in fh:
+            item = json.loads(raw)
+            if item["category"] in PROBLEM_CONTAINERS:
+                out.append((item["category"], item["line"].encode()))
+    if not out:
+        raise ValueError(f"no problem lines in {path}")
+    return out
+
+
+def iter_lines(
+    n: int,
+    *,
+    seed: int = DEFAULT_SEED,
+    problem_rate: float = 0.01,
+    start: float = DEFAULT_START,
+    real_lines: Path = REAL_LINES,
+) -> Iterator[tuple[Line, float, str]]:
+    """(line, time, kind) for n lines, in time order (about 280 lines a second)."""
+    rnd = random.Random(seed)
+    gen = Generator(rnd, Cluster(rnd), real_problem_lines(real_lines))
+    names = [k for k, _ in MIX]
+    weights = [w for _, w in MIX]
+    draws = rnd.choices(names, weights, k=n)
+    t = start
+    for i in range(n):
+        t += rnd.expovariate(280.0)
+        kind = "problem" if rnd.random() < problem_rate else draws[i]
+        line = gen.problem(t) if kind == "problem" else gen.kinds[kind](t)
+        yield line, t, kind
+
+
+def generate(
+    n: int = DEFAULT_LINES,
+    *,
+    seed: int = DEFAULT_SEED,
+    problem_rate: float = 0.01,
+    records: bool = True,
+    tab_escape: str = "t",
+    real_lines: Path = REAL_LINES,
+) -> Corpus:
+    """The seeded corpus: n lines and (if ``records``) the n Fluent Bit records that carry them."""
+    enc = RecordEncoder(random.Random(seed + 1), tab_escape)
+    corpus = Corpus([], [], [], [])
+    for i, (line, t, kind) in enumerate(iter_lines(n, seed=seed, problem_rate=problem_rate, real_lines=real_lines)):
+        corpus.lines.append(line.text.encode())
+        corpus.kinds[kind] += 1
+        if kind == "problem":
+            corpus.problems.append(i)
+        if records:
+            value, ts = enc(line, t)
+            corpus.records.append(value)
+            corpus.timestamps.append(ts)
+    return corpus
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--lines", type=int, default=DEFAULT_LINES)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--problem-rate", type=float, default=0.01)
+    p.add_argument("--shape", choices=("plain", "fluentbit"), default="plain")
+    p.add_argument("--tab-escape", choices=("t", "u0009"), default="t")
+    p.add_argument("-o", "--output", type=Path, help="file to write (default stdout)")
+    args = p.parse_args(argv)
+    corpus = generate(
+        args.lines,
+        seed=args.seed,
+        problem_rate=args.problem_rate,
+        records=args.shape == "fluentbit",
+        tab_escape=args.tab_escape,
+    )
+    items = corpus.records if args.shape == "fluentbit" else corpus.lines
+    out = args.output.open("wb") if args.output else sys.stdout.buffer
+    try:
+        for item in items:
+            out.write(item + b"\n")
+    finally:
+        if args.output:
+            out.close()
+    print(
+        f"{len(items)} {args.shape} lines, {sum(map(len, items)) + len(items)} bytes, kinds {dict(corpus.kinds)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
