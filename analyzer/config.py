@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     kafka_max_records: int = Field(default=5000, ge=1, description="records per getmany batch")
     kafka_fetch_timeout: float = Field(default=0.5, gt=0, description="seconds getmany waits for data")
     kafka_request_timeout: float = Field(default=15.0, gt=0)
+    kafka_session_timeout: float | None = Field(
+        default=None, gt=0, description="seconds before a dead consumer's partitions move on (aiokafka: 10)"
+    )
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
@@ -43,6 +46,9 @@ class Settings(BaseSettings):
     api_token: str | None = None
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     max_body_bytes: int = 64 * 1024
+
+    # `serve` without a bootstrap starts the bundled local broker; feed it the demo stream (make run).
+    demo: bool = True
 
     # Logging.
     log_level: str = "info"

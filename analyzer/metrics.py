@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from analyzer.types import Rule
+
+# Every reason a record can be skipped for (decoders and the pipeline's cheap checks).
+REJECT_REASONS = ("empty", "too-large", "invalid-json", "invalid-utf8", "not-an-object", "missing-log", "partial")
+STAGES = ("match", "store", "total")
 
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -60,5 +68,20 @@ class Metrics:
             registry=registry,
         )
         self.ready = Gauge("analyzer_ready", "1 when consuming and the store is reachable.", registry=registry)
+        # Series exist from the start at 0: increase() and rate() miss a series whose first sample is already 1.
         for result in ("success", "failure"):
             self.reloads.labels(result)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for stage in STAGES:
+            self.stage.labels(stage)
+
+    def for_catalogue(self, rules: Iterable[Rule]) -> None:
+        """Per-rule series at 0 for the running catalogue (called on load and reload)."""
+        count = 0
+        for rule in rules:
+            count += 1
+            self.matches.labels(rule.id, rule.category.value, rule.severity.value)
+            self.suppressed.labels(rule.id)
+            self.overflow.labels(rule.id)
+        self.rules.set(count)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class CatalogueHolder:
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> CatalogueHolder:
         catalogue, compiled = _compile(settings)
-        metrics.rules.set(len(catalogue.rules))
+        metrics.for_catalogue(catalogue.rules)
         return cls(settings, metrics, catalogue, compiled, _pipeline(settings, catalogue, compiled))
 
     def rules(self) -> Mapping[str, Rule]:
@@ -64,7 +65,7 @@ class CatalogueHolder:
         self.catalogue, self.compiled, self.pipeline = catalogue, compiled, pipeline
         self.loaded_at = time.time()
         self.metrics.reloads.labels("success").inc()
-        self.metrics.rules.set(len(catalogue.rules))
+        self.metrics.for_catalogue(catalogue.rules)
         log.info("catalogue reloaded", rules=len(catalogue.rules), digest=catalogue.digest[:12])
         return []
 
@@ -190,11 +191,26 @@ async def run(settings: Settings) -> None:
         asyncio.create_task(_refresh_metrics(service, stop), name="metrics"),
         asyncio.create_task(server.serve(), name="http"),
     ]
+    if broker is not None and settings.demo:
+        from analyzer.demo import feed
+
+        tasks.append(asyncio.create_task(feed(broker.bootstrap, settings.kafka_topics[0], stop), name="demo"))
     log.info("serving", http=f"http://{settings.http_host}:{settings.http_port}", store=_redact(settings.store_url))
+    if broker is not None:
+        _print_where_to_look(settings)
+    failed: BaseException | None = None
     try:
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopping and not task.cancelled() and task.exception() is not None:
+                # A dead consumer or HTTP server must not leave a process that looks alive: exit non-zero
+                # so the orchestrator restarts it.
+                failed = task.exception()
+                log.error("a service task failed; stopping", task=task.get_name(), error=repr(failed))
     finally:
         log.info("shutting down: finishing the current batch")
+        stop.set()
         server.should_exit = True
         await asyncio.wait(tasks, timeout=30)
         for task in tasks:
@@ -203,6 +219,28 @@ async def run(settings: Settings) -> None:
         if broker is not None:
             broker.stop()
         log.info("stopped")
+    if failed is not None:
+        raise ServiceFailed(str(failed)) from failed
+
+
+class ServiceFailed(AnalyzerError):
+    """A service task (consumer, HTTP server) died unexpectedly."""
+
+
+def _print_where_to_look(settings: Settings) -> None:
+    host = "localhost" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
+    base = f"http://{host}:{settings.http_port}"
+    lines = [
+        "",
+        "mesh-log-analyzer is running on a local demo broker; incidents appear within a minute:",
+        f"  curl -s '{base}/v1/incidents' | python3 -m json.tool",
+        f"  curl -s '{base}/v1/incidents?status=open&category=rbac-permissions'",
+        f"  curl -s '{base}/v1/incidents/<id>?lang=pt-BR'",
+        f"  curl -s '{base}/v1/rules' ; curl -s '{base}/readyz' ; curl -s '{base}/metrics'",
+        f"  OpenAPI: {base}/docs",
+        "",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _quiet_server_class() -> type:
@@ -235,6 +273,9 @@ def main() -> int:
     configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(run(settings))
+    except ServiceFailed as exc:
+        log.error("service failed", error=str(exc))
+        return 1
     except AnalyzerError as exc:
         log.error("cannot start", error=str(exc))
         return 2

@@ -89,7 +89,8 @@ def statements(d: Dialect) -> Statements:
         ),
         offset_update=(
             f"UPDATE offsets SET next_offset = {p('next')} WHERE consumer_group = {p('group')} "
-            f"AND topic = {p('topic')} AND partition_id = {p('partition')} AND next_offset = {p('previous')}"
+            f"AND topic = {p('topic')} AND partition_id = {p('partition')} AND next_offset = {p('previous')} "
+            f"AND {p('next')} > {p('previous')}"  # offsets only move forward: a stale writer cannot rewind
         ),
         load_offsets=(
             "SELECT partition_id, next_offset FROM offsets "

@@ -601,3 +601,11 @@ async def test_merges_keep_far_apart_intervals_separate(store: Store) -> None:
     await store.commit_batch("g", Changes(merges=(iv("persistent", 1005, 1020, count=1),)), [], RULES)
     page = await store.list_incidents(IncidentQuery(stream_time=1100.0, limit=50))
     assert sorted((r.first_seen, r.last_seen, r.count) for r in page.items) == [(0.0, 10.0, 2), (1000.0, 1020.0, 6)]
+
+
+async def test_an_offset_never_moves_backwards(store: Store) -> None:
+    await put(store, offsets=[OffsetUpdate("t", 0, None, 100)])
+    with pytest.raises(StaleOffsetError):
+        await put(store, iv("persistent", 1, 2), offsets=[OffsetUpdate("t", 0, 100, 40)])
+    assert await store.load_offsets("g", "t") == {0: 100}
+    assert await ids(store) == []
