@@ -210,6 +210,8 @@ class KafkaIngest:
             self.metrics.records.labels(tp.topic).inc(len(records))
             self.metrics.bytes.labels(tp.topic).inc(size)
             offsets.append(OffsetUpdate(tp.topic, tp.partition, self._book.get(tp), records[-1].offset + 1))
+        if not offsets:
+            return  # every record of the batch was stored already
 
         pipeline = self._pipeline()
         with self.metrics.stage.labels("match").time():
