@@ -158,7 +158,10 @@ async def run(settings: Settings) -> None:
     broker: LocalBroker | None = None
     if settings.kafka_bootstrap is None:
         broker = LocalBroker().start()
-        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        # The local broker keeps nothing across restarts: offsets stored for an earlier one mean nothing here,
+        # so each start consumes as a group of its own (incidents in the store carry over and merge).
+        group = f"{settings.kafka_group}-local-{int(time.time())}"
+        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "kafka_group": group})
         await ensure_topics(broker.bootstrap, list(settings.kafka_topics))
         log.info("started the bundled local broker (memory only)", bootstrap=broker.bootstrap)
 
