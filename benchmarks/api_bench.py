@@ -1,0 +1,518 @@
+"""API benchmark: the incidents API under load while the consumer ingests, SQLite and PostgreSQL.
+
+For each backend: a store filled with 100k incidents (synthetic intervals of the catalogue's real rules,
+spread over namespaces, workloads and a week), the real ``mesh-analyzer serve`` pinned to one CPU over it,
+consuming a backlog topic on the bundled broker (so it ingests flat out the whole time), and Debian's
+``wrk`` on loopback (pinned to the other CPU) rotating through ``GET /v1/incidents`` with filters and
+``GET /v1/incidents/{id}`` of known ids:
+
+  idle      no HTTP load: the ingest rate to compare against
+  open loop 200 requests/s from an asyncio httpx generator, latency from each request's scheduled send time
+            (no coordinated omission: queueing in the service counts), the row the targets are checked on
+  paced     ~200 requests/s from wrk (closed loop: its Lua ``delay()`` makes each connection wait between
+            requests, so a slow service gets fewer requests than asked, and queueing is not counted)
+  max       wrk with no delay: the throughput ceiling
+  idle      again, to check the ingest rate came back (and the backlog lasted)
+
+The ingest rate is analyzer_records_consumed_total over each window. Without ``wrk`` (apt-get install
+wrk) the max row comes from 16 httpx loops.
+
+    .venv/bin/python benchmarks/api_bench.py --quick
+    .venv/bin/python benchmarks/api_bench.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import e2e_bench as e2e  # noqa: E402
+
+from analyzer.broker import LocalBroker, ensure_topics  # noqa: E402
+from analyzer.catalogue import default_patterns_dir, load_catalogue  # noqa: E402
+from analyzer.store import open_store  # noqa: E402
+from analyzer.types import Changes, Evidence, IncidentKey, Interval, Rule  # noqa: E402
+
+PG_DSN = os.environ.get("ANALYZER_TEST_POSTGRES_DSN", "postgresql://root@127.0.0.1:5432/test")
+TARGET_P99_MS = 100.0
+TARGET_RATE = 200.0
+TARGET_INGEST = 0.8  # loaded ingest >= 80% of idle
+NAMESPACES = 20
+WORKLOADS = 500
+WEEK = 7 * 86400.0
+
+
+# ------------------------------------------------------------------------------------------- the incidents
+
+
+def synthetic_intervals(n: int, rules: Sequence[Rule], now: float, seed: int = 7) -> list[Interval]:
+    """n intervals with distinct ids: real rule ids, 20 namespaces x 500 workloads, last seen over a week.
+
+    About 5% were last seen in the past hour (open or pending at ``now``), the rest are older (resolved or
+    suppressed): a store that has been running for a while.
+    """
+    rnd = random.Random(seed)
+    out: list[Interval] = []
+    for i in range(n):
+        rule = rules[i % len(rules)]
+        ns = f"bench-{rnd.randrange(NAMESPACES):02d}"
+        workload = f"wl-{rnd.randrange(WORKLOADS):03d}"
+        recent = rnd.random() < 0.05
+        last = now - (rnd.uniform(0, 3600) if recent else rnd.uniform(3600, WEEK))
+        first = last - rnd.uniform(0, 7200)
+        pod = f"{workload}-7c9b6d5f8d-{rnd.choice('bcdfghjk')}{i % 10_000:04d}"
+        line = (
+            f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(last))}.000000Z\terror\tbench\t{rule.title} "
+            f"(synthetic evidence {i}) upstream connect error or disconnect/reset before headers"
+        )
+        ev = Evidence(last, line, pod, "istio-proxy")
+        out.append(
+            Interval(
+                rule.id, IncidentKey("bench", ns, workload), first, last, rnd.randint(1, 5000), (ev,), (ev,), (pod,)
+            )
+        )
+    return out
+
+
+async def fill_store(url: str, intervals: Sequence[Interval], rules: Mapping[str, Rule], now: float) -> float:
+    """Writes the intervals through the store's own commit_batch; returns the seconds it took."""
+    store = open_store(url)
+    await store.open()
+    t0 = time.perf_counter()
+    try:
+        chunk = 5000
+        for i in range(0, len(intervals), chunk):
+            part = tuple(intervals[i : i + chunk])
+            await store.commit_batch("bench-fill", Changes(upserts=part, stream_time=now), [], rules)
+    finally:
+        await store.close()
+    return time.perf_counter() - t0
+
+
+def urls(ids: Sequence[str], rules: Sequence[Rule], seed: int = 11) -> list[str]:
+    """The rotation: list queries with filters (half) and details of known ids (half)."""
+    rnd = random.Random(seed)
+    categories = sorted({r.category.value for r in rules})
+    lists = [
+        "/v1/incidents?limit=50",
+        "/v1/incidents?status=open&limit=50",
+        "/v1/incidents?status=open&status=pending&limit=20",
+        "/v1/incidents?status=resolved&limit=50",
+        "/v1/incidents?severity=critical&limit=100",
+    ]
+    for _ in range(15):
+        ns = f"bench-{rnd.randrange(NAMESPACES):02d}"
+        lists.append(f"/v1/incidents?category={rnd.choice(categories)}&limit=50")
+        lists.append(f"/v1/incidents?namespace={ns}&limit=50")
+        lists.append(f"/v1/incidents?namespace={ns}&workload=wl-{rnd.randrange(WORKLOADS):03d}&limit=20")
+        lists.append(f"/v1/incidents?status=open&category={rnd.choice(categories)}&limit=20")
+    details = [f"/v1/incidents/{i}" for i in rnd.sample(list(ids), min(len(ids), len(lists)))]
+    out = []
+    for a, b in zip(lists, details, strict=False):
+        out += [a, b]
+    rnd.shuffle(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class Load:
+    name: str
+    seconds: float
+    requests: int
+    errors: int  # connect, read, write, timeout and non-2xx/3xx
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    ingest_per_s: float = 0.0
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+LUA = """
+local urls = {%(urls)s}
+local counter = 0
+local i = 0
+setup = function(thread)
+  counter = counter + 1
+  thread:set("offset", counter * 37)
+end
+init = function(args)
+  i = offset or 0
+end
+request = function()
+  i = i + 1
+  return wrk.format("GET", urls[(i %% #urls) + 1])
+end
+%(delay)s
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%d %%d %%d %%d %%f %%f %%f\\n", summary.requests, summary.duration,
+    e.connect, e.read, e.write, e.status, e.timeout, latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk_script(path: Path, paths: Sequence[str], delay_ms: float | None) -> None:
+    quoted = ", ".join(f'"{p}"' for p in paths)
+    delay = f"delay = function() return {delay_ms:.1f} end" if delay_ms is not None else ""
+    path.write_text(LUA % {"urls": quoted, "delay": delay})
+
+
+def run_wrk(base: str, script: Path, seconds: float, connections: int, threads: int, cpu: int, name: str) -> Load:
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{int(seconds)}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        base,
+    ]
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu} & e2e.cpus() or e2e.cpus()),
+        check=False,
+    )
+    m = re.search(r"^RESULT (.*)$", proc.stdout, re.M)
+    if m is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-500:]}")
+    f = m.group(1).split()
+    requests, duration = int(f[0]), int(f[1]) / 1e6
+    errors = sum(int(x) for x in f[2:7])
+    return Load(name, duration, requests, errors, float(f[7]) / 1000, float(f[8]) / 1000, float(f[9]) / 1000)
+
+
+async def _httpx_load(base: str, paths: Sequence[str], seconds: float, rate: float | None, name: str) -> Load:
+    """Fallback generator: open loop at ``rate`` (latency from the scheduled send time), or 16 closed loops."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=5.0, limits=limits) as client:
+
+        async def one(path: str, scheduled: float) -> None:
+            nonlocal errors
+            try:
+                r = await client.get(path)
+                if r.status_code >= 400:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+            latencies.append(time.perf_counter() - scheduled)
+
+        t0 = time.perf_counter()
+        if rate is not None:
+            tasks = []
+            k = 0
+            while (now := time.perf_counter()) - t0 < seconds:
+                due = t0 + k / rate
+                if due > now:
+                    await asyncio.sleep(due - now)
+                tasks.append(asyncio.create_task(one(paths[k % len(paths)], due)))
+                k += 1
+            await asyncio.gather(*tasks)
+        else:
+
+            async def loop(j: int) -> None:
+                k = j
+                while time.perf_counter() - t0 < seconds:
+                    await one(paths[k % len(paths)], time.perf_counter())
+                    k += 16
+
+            await asyncio.gather(*(loop(j) for j in range(16)))
+        took = time.perf_counter() - t0
+    ms = [x * 1000 for x in latencies]
+    return Load(name, took, len(ms), errors, e2e.percentile(ms, 50), e2e.percentile(ms, 99), max(ms, default=0.0))
+
+
+# ------------------------------------------------------------------------------------------------ a backend
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    fill_s: float
+    rows: list[Load] = field(default_factory=list)
+    per_query: list[tuple[str, float, float]] = field(default_factory=list)  # (kind, median ms, max ms)
+    idle_ingest: float = 0.0
+    backlog_left: float = 0.0
+    note: str = ""
+
+
+@contextlib.contextmanager
+def pg_schema(dsn: str) -> Iterator[str]:
+    """A fresh schema; yields a store URL whose search_path points at it. Dropped afterwards."""
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            sep = "&" if "?" in dsn else "?"
+            yield f"{dsn}{sep}options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def kind_of(path: str) -> str:
+    if "?" not in path:
+        return "detail /v1/incidents/{id}"
+    params = sorted({kv.split("=")[0] for kv in path.split("?", 1)[1].split("&")} - {"limit"})
+    return "list " + ("+".join(params) if params else "(no filter)")
+
+
+def per_query(base: str, paths: Sequence[str], repeat: int = 5) -> list[tuple[str, float, float]]:
+    """Sequential latency of each kind of request (while ingesting): which queries cost what."""
+    import httpx
+
+    by_kind: dict[str, list[float]] = {}
+    with httpx.Client(base_url=base, timeout=10.0) as client:
+        for _ in range(repeat):
+            for path in paths:
+                t0 = time.perf_counter()
+                client.get(path)
+                by_kind.setdefault(kind_of(path), []).append((time.perf_counter() - t0) * 1000)
+    return sorted(((k, statistics.median(v), max(v)) for k, v in by_kind.items()), key=lambda x: -x[1])
+
+
+def ingest_window(serve: e2e.Serve, seconds: float) -> float:
+    a, t0 = serve.metric("analyzer_records_consumed_total"), time.perf_counter()
+    time.sleep(seconds)
+    b, t1 = serve.metric("analyzer_records_consumed_total"), time.perf_counter()
+    return (b - a) / (t1 - t0)
+
+
+def run_backend(
+    backend: str,
+    url: str,
+    bootstrap: str,
+    topic: str,
+    backlog: int,
+    intervals: Sequence[Interval],
+    rules: Mapping[str, Rule],
+    now: float,
+    windows: Mapping[str, float],
+    workdir: Path,
+    use_wrk: bool,
+) -> BackendResult:
+    print(f"  [{backend}] filling the store with {len(intervals):,} incidents ...", flush=True)
+    fill = asyncio.run(fill_store(url, intervals, rules, now))
+    result = BackendResult(backend, fill)
+    paths = urls([iv.id for iv in intervals], list(rules.values()))
+    serve = e2e.Serve(bootstrap, topic, url, workdir / f"{backend}-serve.log", e2e.MEASURE_CPU)
+    try:
+        serve.wait_ready()
+        deadline = time.monotonic() + 60
+        while not serve.metric("analyzer_records_consumed_total") > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the service consumes nothing\n{serve.tail()}")
+            time.sleep(0.2)
+        base = f"http://127.0.0.1:{serve.port}"
+        time.sleep(windows["warmup"])
+        result.idle_ingest = ingest_window(serve, windows["idle"])
+        print(f"  [{backend}] idle ingest {e2e.fmt_rate(result.idle_ingest)} records/s", flush=True)
+        phases: list[tuple[str, float, float | None, bool]] = [
+            (f"open loop {TARGET_RATE:.0f} req/s (httpx)", windows["paced"], TARGET_RATE, False),
+        ]
+        if use_wrk:
+            phases += [
+                (f"wrk paced ~{TARGET_RATE:.0f} req/s", windows["paced"], TARGET_RATE, True),
+                ("wrk max (no delay)", windows["max"], None, True),
+            ]
+        else:
+            phases.append(("httpx max (16 loops)", windows["max"], None, False))
+        for name, seconds, rate, with_wrk in phases:
+            if serve.proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {serve.proc.returncode}\n{serve.tail()}")
+            before, t0 = serve.metric("analyzer_records_consumed_total"), time.perf_counter()
+            if with_wrk:
+                script = workdir / f"{backend}-{'paced' if rate else 'max'}.lua"
+                connections = 20 if rate else 16
+                # Each connection waits delay() after a response: period = delay + latency, so aim a little high.
+                delay = connections * 1000.0 / rate - 3.0 if rate else None
+                wrk_script(script, paths, delay)
+                load = run_wrk(base, script, seconds, connections, 2, e2e.OTHER_CPU, name)
+            else:
+                load = asyncio.run(_httpx_load(base, paths, seconds, rate, name))
+            after, t1 = serve.metric("analyzer_records_consumed_total"), time.perf_counter()
+            load.ingest_per_s = (after - before) / (t1 - t0)
+            result.rows.append(load)
+            print(
+                f"  [{backend}] {name}: {load.rate:.0f} req/s p99 {load.p99_ms:.1f} ms, ingest "
+                f"{e2e.fmt_rate(load.ingest_per_s)}/s",
+                flush=True,
+            )
+        after_idle = ingest_window(serve, windows["idle"])
+        result.rows.append(Load("idle again (no load)", windows["idle"], 0, 0, 0.0, 0.0, 0.0, after_idle))
+        consumed = serve.metric("analyzer_records_consumed_total")
+        result.backlog_left = backlog - consumed
+        result.per_query = per_query(base, paths, repeat=2)
+    finally:
+        code = serve.stop()
+        if code not in (0, None):
+            result.note = f"service exit code {code}"
+    return result
+
+
+def print_backend(r: BackendResult) -> list[str]:
+    missed = []
+    print()
+    ran_out = " (RAN OUT: the ingest rates are too low)" if r.backlog_left <= 0 else ""
+    print(
+        f"[{r.backend}] 100k incidents filled in {r.fill_s:.1f}s; idle ingest {e2e.fmt_rate(r.idle_ingest)} records/s; "
+        f"backlog left at the end {r.backlog_left:,.0f} records{ran_out}"
+    )
+    head = (
+        f"  {'load':<30} {'req/s':>7} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'ingest/s':>9} {'vs idle':>8}"
+    )
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    for x in r.rows:
+        vs = x.ingest_per_s / r.idle_ingest if r.idle_ingest else math.nan
+        if x.requests:
+            print(
+                f"  {x.name:<30} {x.rate:>7.0f} {x.requests:>9,} {x.errors:>7} {x.p50_ms:>8.1f} {x.p99_ms:>8.1f} "
+                f"{x.max_ms:>8.0f} {e2e.fmt_rate(x.ingest_per_s):>9} {vs:>7.2f}x"
+            )
+        else:
+            dashes = " ".join(f"{'-':>{w}}" for w in (7, 9, 7, 8, 8, 8))
+            print(f"  {x.name:<30} {dashes} {e2e.fmt_rate(x.ingest_per_s):>9} {vs:>7.2f}x")
+    print(
+        "  sequential latency per kind of request (2 rounds of the rotation, after the windows; "
+        "ingesting while the backlog lasts): median / max ms"
+    )
+    for kind, med, worst in r.per_query:
+        print(f"    {kind:<44} {med:>7.1f} {worst:>8.1f}")
+    paced = r.rows[0]
+    checks = [
+        (
+            paced.p99_ms <= TARGET_P99_MS,
+            f"p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_RATE:.0f} req/s (open loop): {paced.p99_ms:.1f} ms "
+            f"({paced.rate:.0f} req/s completed)",
+        ),
+        (all(x.errors == 0 for x in r.rows), f"no errors: {sum(x.errors for x in r.rows)}"),
+        (
+            paced.ingest_per_s >= TARGET_INGEST * r.idle_ingest,
+            f"ingest at {TARGET_RATE:.0f} req/s within 20% of idle: {paced.ingest_per_s / r.idle_ingest:.2f}x",
+        ),
+    ]
+    for good, text in checks:
+        print(f"  {'PASS' if good else 'MISS'}  [{r.backend}] {text}")
+        if not good:
+            missed.append(f"[{r.backend}] {text}")
+    return missed
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--incidents", type=int, default=100_000)
+    p.add_argument("--backlog", type=int, default=8_000_000, help="records queued for the consumer")
+    p.add_argument("--quick", action="store_true", help="short windows, smaller backlog")
+    p.add_argument("--backends", default="sqlite,postgresql")
+    p.add_argument("--no-wrk", action="store_true", help="use the httpx generator even if wrk is installed")
+    p.add_argument("--keep", action="store_true", help="keep the work dir")
+    args = p.parse_args(argv)
+    windows = {"warmup": 3.0, "idle": 8.0, "paced": 15.0, "max": 10.0}
+    if args.quick:
+        windows = {"warmup": 2.0, "idle": 4.0, "paced": 8.0, "max": 5.0}
+        args.backlog = min(args.backlog, 3_500_000)
+    use_wrk = shutil.which("wrk") is not None and not args.no_wrk
+    from analyzer.logging import configure
+
+    configure("warning", "console")
+
+    print(
+        f"api_bench: {time.strftime('%Y-%m-%d %H:%M:%S')}  python {platform.python_version()}  "
+        f"{os.cpu_count()} CPUs  load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    generator = "wrk (Debian, plain) and an httpx open loop" if use_wrk else "httpx (asyncio)"
+    print(
+        f"load generator: {generator}; `serve` pinned to CPU {e2e.MEASURE_CPU}, "
+        f"broker and load generator to CPU {e2e.OTHER_CPU}"
+    )
+    catalogue = load_catalogue(default_patterns_dir())
+    rules = catalogue.by_id()
+    now = time.time()
+    intervals = synthetic_intervals(args.incidents, list(rules.values()), now)
+    workdir = Path(tempfile.mkdtemp(prefix="api-bench-"))
+    broker = LocalBroker(log_path=workdir / "broker.log").start()
+    assert broker.process is not None
+    e2e.pin_process(broker.process.pid, {e2e.OTHER_CPU})
+    # This process (producer, httpx generator, metric reads) stays off the service's CPU too.
+    e2e.pin_process(os.getpid(), {e2e.OTHER_CPU})
+    missed: list[str] = []
+    try:
+        topic = f"api-backlog-{uuid.uuid4().hex[:8]}"
+        asyncio.run(ensure_topics(broker.bootstrap, [topic], partitions=4))
+        pool = e2e.make_records(100_000, seed=20240611)
+        reps = max(1, args.backlog // len(pool.values))
+        backlog = e2e.Records(pool.keys * reps, pool.values * reps, pool.problems * reps)
+        took, ends = e2e.produce(broker.bootstrap, topic, backlog)
+        total = sum(ends.values())
+        del backlog
+        print(
+            f"backlog: {total:,} Fluent Bit records ({pool.mean_bytes:.0f} B mean, a 100k-record corpus repeated) "
+            f"produced in {took:.1f}s; each backend's service consumes it from the start with its own group"
+        )
+        print(
+            f"windows: warm-up {windows['warmup']:.0f}s, idle {windows['idle']:.0f}s, paced {windows['paced']:.0f}s, "
+            f"max {windows['max']:.0f}s, idle {windows['idle']:.0f}s (paced windows: one open-loop, one wrk)"
+        )
+        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+            if backend == "sqlite":
+                ctx: contextlib.AbstractContextManager[str] = contextlib.nullcontext(f"sqlite:///{workdir / 'api.db'}")
+            else:
+                ctx = pg_schema(PG_DSN)
+            with ctx as url:
+                result = run_backend(
+                    backend, url, broker.bootstrap, topic, total, intervals, rules, now, windows, workdir, use_wrk
+                )
+            missed += print_backend(result)
+    finally:
+        broker.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(f"load avg at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("targets missed: " + ("; ".join(missed) if missed else "none"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
