@@ -28,6 +28,7 @@ from analyzer.types import Catalogue, Rule
 log = structlog.get_logger("analyzer.service")
 
 METRICS_REFRESH = 5.0
+STREAM_TIME_TTL = 1.0  # seconds the API may reuse the stream time it read from the store
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Service:
     clock: StreamClock
     ingest: object | None = None  # KafkaIngest; typed loosely so the API does not import aiokafka
     store_ok: bool = True
+    _stream_time: tuple[float, float] | None = None  # (monotonic time read, value)
 
     async def ready(self) -> tuple[bool, dict[str, object]]:
         consuming = bool(getattr(self.ingest, "consuming", False))
@@ -112,11 +114,17 @@ class Service:
         return ok, detail
 
     async def stream_time(self) -> float:
+        """The store's stream time (the furthest any replica got), read at most once a second."""
+        now = time.monotonic()
+        if self._stream_time is not None and now - self._stream_time[0] < STREAM_TIME_TTL:
+            return self._stream_time[1]
         try:
             stored = await asyncio.wait_for(self.store.stream_time(), self.settings.store_timeout)
         except (StoreError, TimeoutError):
             stored = None
-        return stored if stored is not None else self.clock.now()
+        value = stored if stored is not None else self.clock.now()
+        self._stream_time = (now, value)
+        return value
 
 
 async def _refresh_metrics(service: Service, stop: asyncio.Event) -> None:

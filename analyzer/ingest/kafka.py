@@ -215,7 +215,9 @@ class KafkaIngest:
 
         pipeline = self._pipeline()
         with self.metrics.stage.labels("match").time():
-            result = pipeline(values, stamps)
+            # In a worker thread: the HTTP API shares this event loop, and a batch's matching would otherwise
+            # hold every request for its whole duration. Batches still run one at a time.
+            result = await asyncio.to_thread(pipeline, values, stamps)
         if result.max_event_time is not None:
             self.clock.observe(result.max_event_time)
         stream_time = self.clock.now()

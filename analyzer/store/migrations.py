@@ -32,6 +32,13 @@ _COMMON_INDEXES = (
     "CREATE INDEX silences_expires ON silences (expires_at)",
 )
 
+# Version 2: the API's single-column filters ordered newest first (category alone could not use the
+# (category, severity, last_seen) index for its ORDER BY, nor namespace alone the workload one).
+_V2_INDEXES = (
+    "CREATE INDEX incidents_category_recent ON incidents (category, last_seen DESC, id DESC)",
+    "CREATE INDEX incidents_namespace_recent ON incidents (namespace, last_seen DESC, id DESC)",
+)
+
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -77,6 +84,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             *_COMMON_INDEXES,
         ),
     ),
+    Migration(2, "indexes for category-only and namespace-only filters", _V2_INDEXES),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -126,6 +134,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX incidents_pods ON incidents USING GIN (pods jsonb_path_ops)",
         ),
     ),
+    Migration(2, "indexes for category-only and namespace-only filters", _V2_INDEXES),
 )
 
 

@@ -46,20 +46,38 @@ class SqliteStore:
         # The asyncio lock keeps one call in flight; this one also covers a worker thread that outlives its
         # cancelled caller (a thread cannot be interrupted), so the next call never shares the connection.
         self._thread_lock = threading.Lock()
+        # Reads (the API) use a connection of their own: in WAL mode they never wait for a batch being written.
+        # A :memory: database exists once per connection, so there reads share the writer's.
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = asyncio.Lock()
+        self._read_thread_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SqliteStore({self._path!r})"
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
+        return await self._call(self._conn, self._lock, self._thread_lock, fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None:
+            return await self._run(fn)
+        return await self._call(self._reader, self._read_lock, self._read_thread_lock, fn)
+
+    async def _call(
+        self,
+        conn: sqlite3.Connection | None,
+        lock: asyncio.Lock,
+        thread_lock: threading.Lock,
+        fn: Callable[[sqlite3.Connection], T],
+    ) -> T:
         if conn is None:
             raise StoreError("the SQLite store is not open")
 
         def call() -> T:
-            with self._thread_lock:
+            with thread_lock:
                 return fn(conn)
 
-        async with self._lock:
+        async with lock:
             try:
                 return await asyncio.to_thread(call)
             except sqlite3.Error as e:
@@ -76,6 +94,8 @@ class SqliteStore:
             raise StoreError(f"cannot open SQLite database {self._path}: {e}") from e
         try:
             await self._run(_migrate)
+            if self._path != ":memory:":
+                self._reader = await asyncio.to_thread(self._connect)
         except BaseException:
             await self.close()
             raise
@@ -98,6 +118,15 @@ class SqliteStore:
         return conn
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            async with self._read_lock:
+
+                def shut_reader() -> None:
+                    with self._read_thread_lock:
+                        reader.close()
+
+                await asyncio.to_thread(shut_reader)
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -159,38 +188,38 @@ class SqliteStore:
 
     async def stream_time(self, group: str | None = None) -> float | None:
         if group is None:
-            row = await self._run(lambda c: c.execute(_SQL.stream_time_max).fetchone())
+            row = await self._read(lambda c: c.execute(_SQL.stream_time_max).fetchone())
         else:
-            row = await self._run(lambda c: c.execute(_SQL.stream_time_of, {"group": group}).fetchone())
+            row = await self._read(lambda c: c.execute(_SQL.stream_time_of, {"group": group}).fetchone())
         return None if row is None or row[0] is None else float(row[0])
 
     async def live_intervals(self, group_stream_time: float) -> list[Interval]:
         params = {"st": float(group_stream_time)}
-        rows = await self._run(lambda c: c.execute(_SQL.live_intervals, params).fetchall())
+        rows = await self._read(lambda c: c.execute(_SQL.live_intervals, params).fetchall())
         return [row_to_interval(r) for r in rows]
 
     async def list_incidents(self, query: IncidentQuery) -> IncidentPage:
         sql, params = list_query(SQLITE, query)
-        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         items = [row_to_incident(r) for r in rows[: query.limit]]
         more = len(rows) > query.limit
         return IncidentPage(items, encode_cursor(items[-1].last_seen, items[-1].id) if more else None)
 
     async def get_incident(self, incident_id: str, stream_time: float, now: float | None = None) -> IncidentRow | None:
         params = {"id": incident_id, "st": float(stream_time), "now": float(stream_time if now is None else now)}
-        row = await self._run(lambda c: c.execute(_SQL.get_incident, params).fetchone())
+        row = await self._read(lambda c: c.execute(_SQL.get_incident, params).fetchone())
         return None if row is None else row_to_incident(row)
 
     async def list_silences(self, now: float) -> list[Silence]:
-        rows = await self._run(lambda c: c.execute(_SQL.list_silences, {"now": float(now)}).fetchall())
+        rows = await self._read(lambda c: c.execute(_SQL.list_silences, {"now": float(now)}).fetchall())
         return [row_to_silence(r) for r in rows]
 
     async def suppressed_by_rule(self, stream_time: float) -> list[tuple[str, int]]:
-        rows = await self._run(lambda c: c.execute(_SQL.suppressed_by_rule, {"st": float(stream_time)}).fetchall())
+        rows = await self._read(lambda c: c.execute(_SQL.suppressed_by_rule, {"st": float(stream_time)}).fetchall())
         return [(str(r), int(n)) for r, n in rows]
 
     async def counts_by_status(self, stream_time: float) -> list[tuple[str, str, str, int]]:
-        rows = await self._run(lambda c: c.execute(_SQL.counts_by_status, {"st": float(stream_time)}).fetchall())
+        rows = await self._read(lambda c: c.execute(_SQL.counts_by_status, {"st": float(stream_time)}).fetchall())
         return [(str(s), str(c), str(v), int(n)) for s, c, v, n in rows]
 
 
