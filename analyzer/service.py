@@ -218,9 +218,7 @@ async def run(settings: Settings) -> None:
                 # A dead consumer or HTTP server must not leave a process that looks alive: exit non-zero
                 # so the orchestrator restarts it.
                 failed = task.exception()
-                log.error(
-                    "a service task failed; stopping", task=task.get_name(), error=repr(failed), exc_info=failed
-                )
+                log.error("a service task failed; stopping", task=task.get_name(), error=repr(failed), exc_info=failed)
     finally:
         log.info("shutting down: finishing the current batch")
         stop.set()

@@ -122,7 +122,8 @@ class Store(Protocol):
         """Intervals not yet resolved at that stream time (to restore the in-memory tracker)."""
 
     async def list_incidents(self, query: IncidentQuery) -> IncidentPage:
-        """Newest first, keyset-paginated. ValueError on a malformed cursor or limit."""
+        """Newest first, keyset-paginated, without evidence (get_incident has it). ValueError on a malformed
+        cursor or limit."""
 
     async def get_incident(self, incident_id: str, stream_time: float, now: float | None = None) -> IncidentRow | None:
         """One incident with its status at ``stream_time`` (silence expiry at ``now``, default stream_time)."""

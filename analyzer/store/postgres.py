@@ -247,7 +247,7 @@ class PostgresStore:
     async def list_incidents(self, query: IncidentQuery) -> IncidentPage:
         sql, params = list_query(POSTGRESQL, query)
         rows = await self._fetchall(sql, params)
-        items = [row_to_incident(r) for r in rows[: query.limit]]
+        items = [row_to_incident(r, evidence=False) for r in rows[: query.limit]]
         more = len(rows) > query.limit
         return IncidentPage(items, encode_cursor(items[-1].last_seen, items[-1].id) if more else None)
 
