@@ -256,8 +256,11 @@ class StoreView:
     def stream_time(self, group: str) -> float | None:
         return self._runner.run(self._store.stream_time(group))
 
-    def incidents(self, stream_time: float | None = None, rule: str | None = None) -> list[IncidentRow]:
-        """Every stored incident, status derived at ``stream_time`` (default: now)."""
+    def incidents(
+        self, stream_time: float | None = None, rule: str | None = None, *, evidence: bool = False
+    ) -> list[IncidentRow]:
+        """Every stored incident, status derived at ``stream_time`` (default: now). List pages carry no
+        evidence; ``evidence=True`` reads each incident whole."""
         at = time.time() if stream_time is None else stream_time
         rows: list[IncidentRow] = []
         cursor: str | None = None
@@ -267,8 +270,12 @@ class StoreView:
             )
             rows.extend(page.items)
             if page.next_cursor is None:
-                return rows
+                break
             cursor = page.next_cursor
+        if not evidence:
+            return rows
+        whole = [self._runner.run(self._store.get_incident(row.id, at)) for row in rows]
+        return [row for row in whole if row is not None]
 
     def counts(self) -> Counter[CountKey]:
         """Summed counts per (rule, cluster, namespace, workload) over all stored intervals."""

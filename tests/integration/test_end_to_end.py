@@ -77,7 +77,7 @@ def test_every_codec_end_to_end(
     assert counts == total, "no incident from a line that matches no rule"
 
     now = time.time()
-    rows = view.incidents(stream_time=now)
+    rows = view.incidents(stream_time=now, evidence=True)
     assert len(rows) == len(total), "one burst per key: one interval each"
     for row in rows:
         assert row.key.cluster == cluster

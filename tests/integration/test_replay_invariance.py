@@ -30,6 +30,8 @@ IncidentFacts = tuple[str, str, str, str, float, float, int, tuple[str, ...], tu
 
 def incident_set(view: StoreView) -> list[IncidentFacts]:
     """Each stored interval by (rule, key, first_seen, last_seen, count) and its evidence; ids aside."""
+    rows = view.incidents(evidence=True)
+    assert rows and all(r.head and r.tail for r in rows)  # the evidence comparison is never vacuous
     return sorted(
         (
             r.rule_id,
@@ -43,7 +45,7 @@ def incident_set(view: StoreView) -> list[IncidentFacts]:
             tuple(e.line for e in r.tail),
             r.pods,
         )
-        for r in view.incidents()
+        for r in rows
     )
 
 
