@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from analyzer.broker import LocalBroker
-from tests.integration.support import PG_DSN, Services, StoreView, pg_schema
+from tests.conftest import pg_schema
+from tests.integration.support import Services, StoreView
 
 
 @pytest.fixture(scope="session")
@@ -27,17 +27,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
         yield b
     finally:
         b.stop()
-
-
-@pytest.fixture(scope="session")
-def pg_dsn() -> str:
-    """The PostgreSQL DSN, or a visible skip when no server answers there."""
-    try:
-        with psycopg.connect(PG_DSN, connect_timeout=3):
-            pass
-    except psycopg.Error as e:
-        pytest.skip(f"PostgreSQL unreachable at {PG_DSN} (set ANALYZER_TEST_POSTGRES_DSN): {e}")
-    return PG_DSN
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -21,21 +21,19 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from confluent_kafka import Producer
 
 from analyzer.broker import ensure_topics, free_port
 from analyzer.store import IncidentQuery, IncidentRow, Store, open_store
 
 SERVE = Path(sys.executable).parent / "mesh-analyzer"
-PG_DSN = os.environ.get("ANALYZER_TEST_POSTGRES_DSN", "postgresql://root@127.0.0.1:5432/test")
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 # (rule id, cluster, namespace, workload): what the tests count incidents by.
@@ -221,19 +219,6 @@ def produce(
 
 
 # -- stores ----------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def pg_schema(dsn: str) -> Iterator[str]:
-    """A fresh schema; yields a store URL whose search_path points at it. Dropped afterwards."""
-    schema = f"it_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            sep = "&" if "?" in dsn else "?"
-            yield f"{dsn}{sep}options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 class StoreView:

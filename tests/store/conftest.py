@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,19 +11,7 @@ import psycopg
 import pytest
 
 from analyzer.store import Store, open_store
-
-PG_DSN = os.environ.get("ANALYZER_TEST_POSTGRES_DSN", "postgresql://root@127.0.0.1:5432/test")
-
-
-@pytest.fixture(scope="session")
-def pg_dsn() -> str:
-    """The PostgreSQL DSN, or a visible skip when no server answers there."""
-    try:
-        with psycopg.connect(PG_DSN, connect_timeout=3):
-            pass
-    except psycopg.Error as e:
-        pytest.skip(f"PostgreSQL unreachable at {PG_DSN} (set ANALYZER_TEST_POSTGRES_DSN): {e}")
-    return PG_DSN
+from tests.conftest import pg_schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
@@ -33,15 +19,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"  # tmp_path is absolute: sqlite:////tmp/...
         return
-    dsn = request.getfixturevalue("pg_dsn")
-    schema = f"test_{uuid.uuid4().hex}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            sep = "&" if "?" in dsn else "?"
-            yield f"{dsn}{sep}options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with pg_schema(request.getfixturevalue("pg_dsn")) as url:
+        yield url
 
 
 @pytest.fixture
