@@ -65,6 +65,7 @@ class KafkaIngest:
         self._consumer: AIOKafkaConsumer | None = None
         self.broker_up = False
         self.last_batch_at: float | None = None
+        self._batches = 0
         self._last_stream_write = 0.0
         self._last_probe = 0.0
 
@@ -186,6 +187,13 @@ class KafkaIngest:
             stopping.cancel()
 
     async def _process(self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        self._batches += 1
+        partitions = sorted(f"{tp.topic}/{tp.partition}" for tp, records in batch.items() if records)
+        # Every line logged while this batch is handled (ours and the store's) says which batch and partitions.
+        with structlog.contextvars.bound_contextvars(batch=self._batches, partitions=partitions):
+            await self._process_batch(consumer, batch)
+
+    async def _process_batch(self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]) -> None:
         started = time.perf_counter()
         values: list[bytes] = []
         stamps: list[float] = []
