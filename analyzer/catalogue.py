@@ -32,6 +32,7 @@ RULE_FIELDS = frozenset(
         "remediation",
         "references",
         "examples",
+        "exclude",
     }
 )
 REQUIRED_FIELDS = ("id", "title", "category", "component", "severity", "match", "remediation", "examples")
@@ -108,8 +109,8 @@ class _RuleReader:
             return ()
         return tuple(value)
 
-    def expressions(self) -> tuple[Expression, ...]:
-        value = self.raw.get("match")
+    def expressions(self, name: str = "match") -> tuple[Expression, ...]:
+        value = self.raw.get(name)
         items = value if isinstance(value, list) else [value]
         out: list[Expression] = []
         for item in items:
@@ -118,18 +119,30 @@ class _RuleReader:
             elif isinstance(item, dict):
                 unknown = set(item) - EXPRESSION_FIELDS
                 if unknown:
-                    self.problem(f"unknown field(s) in 'match': {', '.join(sorted(map(str, unknown)))}")
+                    self.problem(f"unknown field(s) in '{name}': {', '.join(sorted(map(str, unknown)))}")
                 pattern, caseless = item.get("pattern"), item.get("caseless", False)
                 if not isinstance(pattern, str) or not pattern or not isinstance(caseless, bool):
-                    self.problem("'match' entries need a non-empty 'pattern' and a boolean 'caseless'")
+                    self.problem(f"'{name}' entries need a non-empty 'pattern' and a boolean 'caseless'")
                     continue
                 out.append(Expression(pattern, caseless))
             else:
-                self.problem("'match' must be an expression or a list of expressions")
+                self.problem(f"'{name}' must be an expression or a list of expressions")
         for e in out:
             if "\n" in e.pattern:
                 self.problem("an expression may not contain a newline; rules match one line at a time")
         return tuple(out)
+
+    def excludes(self) -> tuple[Expression, ...]:
+        """Python ``re`` expressions checked on a line after the rule matched it."""
+        if self.raw.get("exclude") is None:
+            return ()
+        out = self.expressions("exclude")
+        for e in out:
+            try:
+                re.compile(e.pattern.encode(), re.I if e.caseless else 0)
+            except (re.error, OverflowError, RecursionError) as exc:
+                self.problem(f"'exclude' expression {e.pattern!r} does not compile: {exc}")
+        return out
 
     def scope(self) -> Scope:
         value = self.raw.get("scope")
@@ -202,6 +215,7 @@ class _RuleReader:
         component = self.choice("component", Component)
         severity = self.choice("severity", Severity)
         expressions = self.expressions()
+        exclude = self.excludes()
         scope = self.scope()
         transient = self.duration("transient", None)
         resolve_after = self.duration("resolve_after", DEFAULT_RESOLVE_AFTER)
@@ -226,6 +240,7 @@ class _RuleReader:
             examples_match=positive,
             examples_no_match=negative,
             source=self.file,
+            exclude=exclude,
         )
 
 
@@ -267,6 +282,7 @@ def digest_rules(rules: Iterable[Rule]) -> str:
             "resolve_after": r.resolve_after,
             "remediation": dict(r.remediation),
             "references": list(r.references),
+            "exclude": [[e.pattern, e.caseless] for e in r.exclude],
         }
         for r in rules
     ]

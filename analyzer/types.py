@@ -99,6 +99,8 @@ class Rule:
     examples_match: tuple[str, ...]
     examples_no_match: tuple[str, ...]
     source: str  # the file the rule came from, for error messages
+    # Checked on a line after ``expressions`` matched it (Python ``re``): look-alikes Hyperscan cannot exclude.
+    exclude: tuple[Expression, ...] = ()
 
     def applies_to(self, container: str | None, namespace: str | None) -> bool:
         """Component and scope filters; each applies only where the record carries the metadata."""

@@ -220,3 +220,30 @@ def test_scan_corpus_finds_the_seed_problems(tmp_path: Path) -> None:
     rules = {i["rule"] for i in scan_json(path.read_text())}
     assert {"istiod-apiserver-unreachable", "istiod-rbac-forbidden", "istio-init-iptables-failure"} <= rules
     assert {"proxy-not-ready", "app-started-before-proxy"} <= rules
+
+
+_EXCLUDE_RULE = (
+    "rules:\n  - id: not-ready\n    title: t\n    category: proxy-readiness\n    component: any\n    severity: low\n"
+    "    match: 'Envoy proxy is NOT ready'\n    exclude: [{pattern: 'draining', caseless: true}]\n"
+    "    remediation: {en: x, pt-BR: y}\n"
+    "    examples: {match: ['Envoy proxy is NOT ready: config not received'],"
+    " no_match: ['Envoy proxy is NOT ready: Draining listeners']}\n"
+)
+
+
+def test_exclude_applies_in_rules_test_and_match(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(_EXCLUDE_RULE)
+    assert run("rules", "check", "--patterns", str(tmp_path)).returncode == 0
+    tested = run("rules", "test", "--patterns", str(tmp_path))
+    assert tested.returncode == 0, tested.stdout
+    assert b"2 passed, 0 failed" in tested.stdout
+    lines = b"Envoy proxy is NOT ready: Draining listeners\nEnvoy proxy is NOT ready: config not received\n"
+    matched = run("match", "--patterns", str(tmp_path), "-", stdin=lines)
+    assert [json.loads(row)["line_no"] for row in matched.stdout.splitlines()] == [2]
+
+
+def test_bad_exclude_is_refused_with_file_rule_and_reason(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(_EXCLUDE_RULE.replace("'draining'", "'(unclosed'"))
+    result = run("rules", "check", "--patterns", str(tmp_path))
+    assert result.returncode == 1
+    assert b"r.yaml: rule not-ready: 'exclude' expression '(unclosed' does not compile" in result.stderr

@@ -47,8 +47,14 @@ def reference(catalogue: Catalogue) -> Reference:
         for e in rule.expressions
     ]
 
+    excludes = {
+        rule.id: [re.compile(e.pattern.encode(), re.M | (re.I if e.caseless else 0)) for e in rule.exclude]
+        for rule in catalogue.rules
+    }
+
     def ids(text: bytes) -> set[str]:
-        return {rule_id for rule_id, rx in compiled_re if rx.search(text)}
+        hits = {rule_id for rule_id, rx in compiled_re if rx.search(text)}
+        return {rule_id for rule_id in hits if not any(rx.search(text) for rx in excludes[rule_id])}
 
     return ids
 

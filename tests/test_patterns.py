@@ -68,7 +68,13 @@ class Compiled:
         assert hs == ref, f"hyperscan and re disagree on {line!r}: " + ", ".join(
             f"{self.owners[i].id}:{self.expressions[i].pattern!r} (hs={i in hs}, re={i in ref})" for i in hs ^ ref
         )
-        return {self.owners[i].id for i in hs}
+        rules = {self.owners[i] for i in hs}
+        return {r.id for r in rules if not excluded(r, line.encode())}
+
+
+def excluded(rule: Rule, data: bytes) -> bool:
+    """A rule's ``exclude`` expressions, checked after a match (the reference for Matcher's filter)."""
+    return any(re.search(e.pattern.encode(), data, _re_flags(e)) for e in rule.exclude)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +141,8 @@ def _rule_matcher(rule: Rule) -> Callable[[str], tuple[bool, bool]]:
         data = line.encode()
         seen: list[int] = []
         db.scan(data, match_event_handler=lambda eid, *_: seen.append(eid))
-        return bool(seen), any(rx.search(data) for rx in regexes)
+        dropped = excluded(rule, data)
+        return bool(seen) and not dropped, any(rx.search(data) for rx in regexes) and not dropped
 
     return matches
 

@@ -154,6 +154,7 @@ class RuleSummary(BaseModel):
 
 class RuleDetail(RuleSummary):
     expressions: list[ExpressionOut]
+    exclude: list[ExpressionOut] = Field(description="checked on a line after a match: benign look-alikes")
     scope: ScopeOut
     remediation: dict[str, str] = Field(description="language tag -> text")
     references: list[str]

@@ -85,6 +85,7 @@ def rule_detail(rule: Rule) -> RuleDetail:
     return RuleDetail(
         **rule_summary(rule).model_dump(),
         expressions=[ExpressionOut(pattern=e.pattern, caseless=e.caseless) for e in rule.expressions],
+        exclude=[ExpressionOut(pattern=e.pattern, caseless=e.caseless) for e in rule.exclude],
         scope=ScopeOut(containers=list(rule.scope.containers), namespaces=list(rule.scope.namespaces)),
         remediation=dict(rule.remediation),
         references=list(rule.references),

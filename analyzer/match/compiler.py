@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,8 +62,11 @@ class CompiledCatalogue:
         prefilter: Any | None,
         key: str,
         from_cache: bool,
+        excludes: Mapping[str, tuple[re.Pattern[bytes], ...]] | None = None,
     ) -> None:
         self.entries = tuple(entries)
+        # rule id -> its exclude expressions, checked on a line after the rule matched it
+        self.excludes: Mapping[str, tuple[re.Pattern[bytes], ...]] = dict(excludes or {})
         self.owners = tuple(e.owner for e in entries)
         self.db = db
         self.prefilter = prefilter
@@ -70,6 +74,14 @@ class CompiledCatalogue:
         self.from_cache = from_cache
         # No expression can span a newline: a batch scan's (expression, end) pairs are exact per line.
         self.line_local = not any(can_cross_newline(e.expression.pattern) for e in entries)
+
+
+def _excludes(catalogue: Catalogue) -> dict[str, tuple[re.Pattern[bytes], ...]]:
+    return {
+        rule.id: tuple(re.compile(e.pattern.encode(), re.M | (re.I if e.caseless else 0)) for e in rule.exclude)
+        for rule in catalogue.rules
+        if rule.exclude
+    }
 
 
 def _entries(catalogue: Catalogue, signals: Mapping[str, Expression]) -> list[Entry]:
@@ -210,4 +222,4 @@ def compile_catalogue(
             )
             prefilter.scratch = hyperscan.Scratch(prefilter)
             _store_cached(pre_path, prefilter)
-    return CompiledCatalogue(entries, db, prefilter, key, from_cache)
+    return CompiledCatalogue(entries, db, prefilter, key, from_cache, _excludes(catalogue))

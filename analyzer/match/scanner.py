@@ -101,6 +101,12 @@ class Matcher:
         self.compiled = compiled
         self._db = compiled.db
         self._owners = compiled.owners
+        self._excludes = compiled.excludes
+
+    def _kept(self, owners: tuple[str, ...], line: bytes) -> tuple[str, ...]:
+        """Drop the rules one of whose ``exclude`` expressions finds the line (a benign look-alike)."""
+        excludes = self._excludes
+        return tuple(o for o in owners if o not in excludes or not any(rx.search(line) for rx in excludes[o]))
 
     def one(self, line: bytes) -> tuple[str, ...]:
         """Owners matching one line, in catalogue order, without duplicates."""
@@ -108,7 +114,8 @@ class Matcher:
         self._db.scan(line, match_event_handler=_collect_id, context=ids)
         if not ids:
             return ()
-        return tuple(dict.fromkeys(self._owners[i] for i in sorted(ids)))
+        owners = tuple(dict.fromkeys(self._owners[i] for i in sorted(ids)))
+        return self._kept(owners, line) if self._excludes else owners
 
     def candidates(self, lines: Sequence[bytes]) -> IndexArray:
         """Indices of lines the batch scan flags (a superset of the matching lines)."""
@@ -118,7 +125,11 @@ class Matcher:
         """(index, owners) for every line that matches, in input order."""
         if self.compiled.line_local:
             owners = self._owners
-            return [(i, tuple(dict.fromkeys(owners[e] for e in ids))) for i, ids in _scan_pairs(self._db, lines)]
+            found = [(i, tuple(dict.fromkeys(owners[e] for e in ids))) for i, ids in _scan_pairs(self._db, lines)]
+            if not self._excludes:
+                return found
+            kept = [(i, self._kept(names, lines[i])) for i, names in found]
+            return [(i, names) for i, names in kept if names]
         out = []
         for i in self.candidates(lines).tolist():
             owners = self.one(lines[i])

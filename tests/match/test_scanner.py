@@ -168,3 +168,21 @@ def test_line_local_many_batches(local_matcher: Matcher, monkeypatch: pytest.Mon
     assert local_matcher(lines) == expected
     assert [i for i, _ in expected] == [i for i in range(3000) if i % 5 in (0, 1)]
     assert expected[0] == (0, ("two", "word"))
+
+
+def test_exclude_drops_the_rule_on_a_look_alike_only(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from analyzer.types import Expression
+
+    gated = replace(
+        rule("not-ready", r"Envoy proxy is NOT ready"), exclude=(Expression(r"draining|terminat", caseless=True),)
+    )
+    cat = catalogue(gated, rule("refused", r"connection refused"))
+    m = Matcher(compile_catalogue(cat, cache_dir=tmp_path))
+    problem = b"Envoy proxy is NOT ready: config not received from XDS server"
+    benign = b"Envoy proxy is NOT ready: pod is Draining; connection refused"
+    assert m.one(problem) == ("not-ready",)
+    assert m.one(benign) == ("refused",)  # only the excluded rule is dropped, not the line
+    assert m([problem, benign, b"quiet"]) == [(0, ("not-ready",)), (1, ("refused",))]
+    assert m([benign.replace(b"; connection refused", b"")]) == []
