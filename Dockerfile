@@ -3,7 +3,8 @@
 # Run (SQLite store on a volume; Kafka reachable from the container):
 #   docker run -p 8080:8080 -e ANALYZER_KAFKA_BOOTSTRAP=kafka:9092 -v analyzer-data:/var/lib/mesh-analyzer \
 #     mesh-log-analyzer:0.1.0
-# Override the signature catalogue by mounting a directory and pointing ANALYZER_PATTERNS_DIR at it.
+# The signature catalogue ships inside the package (analyzer/patterns); override it by mounting a directory
+# and pointing ANALYZER_PATTERNS_DIR at it.
 
 # Both stages must use the same base image: the venv's interpreter is a symlink into it.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -17,8 +18,10 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY analyzer/ ./analyzer/
+COPY patterns/ ./patterns/
 RUN /opt/venv/bin/pip install --no-cache-dir . \
     && /opt/venv/bin/python -c "import aiokafka.record._crecords, hyperscan" \
+    && /opt/venv/bin/mesh-analyzer rules check \
     && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE} AS runtime
@@ -30,7 +33,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ANALYZER_HTTP_HOST=0.0.0.0 \
     ANALYZER_HTTP_PORT=8080 \
-    ANALYZER_PATTERNS_DIR=/app/patterns \
     ANALYZER_STORE_URL=sqlite:////var/lib/mesh-analyzer/analyzer.db \
     XDG_CACHE_HOME=/tmp/cache
 # A fixed uid/gid (10001) so that Kubernetes runAsUser/fsGroup and volume ownership line up.
@@ -40,8 +42,6 @@ RUN groupadd --system --gid 10001 analyzer \
     && chown 10001:10001 /var/lib/mesh-analyzer
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
-# Baked-in catalogue, owned by root and read-only for the service user.
-COPY patterns/ /app/patterns/
 USER 10001:10001
 VOLUME ["/var/lib/mesh-analyzer"]
 EXPOSE 8080

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -319,9 +320,10 @@ def load_catalogue(directory: Path | str) -> Catalogue:
 
 
 def default_patterns_dir() -> Path:
-    """patterns/ next to the package in a checkout, else the copy installed with it."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "patterns", here / "patterns"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "patterns"
+    """patterns/ of a checkout (editable install, tests), else the catalogue shipped in the package."""
+    checkout = Path(__file__).resolve().parent.parent / "patterns"
+    if checkout.is_dir() and (checkout.parent / "pyproject.toml").is_file():
+        return checkout
+    # Installed from a wheel: the catalogue is package data (analyzer/patterns). Wheels install unzipped,
+    # so the resource is a real directory.
+    return Path(str(resources.files("analyzer") / "patterns"))
