@@ -253,6 +253,8 @@ def _read_file(path: Path) -> tuple[list[Rule], list[RuleProblem]]:
         return [], [RuleProblem(name, None, f"cannot read: {exc}")]
     except yaml.YAMLError as exc:
         return [], [RuleProblem(name, None, f"invalid YAML: {exc}")]
+    except RecursionError:
+        return [], [RuleProblem(name, None, "invalid YAML: nested too deeply")]
     if not isinstance(document, dict) or set(document) != {"rules"} or not isinstance(document["rules"], list):
         return [], [RuleProblem(name, None, "expected a mapping with exactly one key, 'rules', holding a list")]
     rules: list[Rule] = []

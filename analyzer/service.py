@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -41,6 +42,8 @@ class CatalogueHolder:
     compiled: CompiledCatalogue
     pipeline: Pipeline
     loaded_at: float = field(default_factory=time.time)
+    # One reload at a time, whether SIGHUP or POST /v1/rules/reload asked for it.
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> CatalogueHolder:
@@ -51,13 +54,23 @@ class CatalogueHolder:
     def rules(self) -> Mapping[str, Rule]:
         return self.pipeline.rules
 
+    async def reload_async(self) -> list[str]:
+        """``reload`` off the event loop (compiling takes seconds), serialized with every other reload."""
+        async with self.reload_lock:
+            return await asyncio.to_thread(self.reload)
+
     def reload(self) -> list[str]:
         """Returns the problems (empty on success). The running catalogue stays when there are any."""
         try:
             catalogue, compiled = _compile(self.settings)
         except CatalogueError as exc:
-            self.metrics.reloads.labels("failure").inc()
             problems = [str(p) for p in exc.problems]
+        except Exception as exc:  # any failure refuses the reload; the running catalogue stays
+            problems = [f"{patterns_dir(self.settings)}: cannot load the catalogue: {type(exc).__name__}: {exc}"[:1000]]
+        else:
+            problems = []
+        if problems:
+            self.metrics.reloads.labels("failure").inc()
             log.error("catalogue reload refused; keeping the running one", problems=problems)
             return problems
         old = self.pipeline
@@ -187,7 +200,14 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, holder.reload)
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(holder.reload_async(), name="reload")
+        reloads.add(task)  # keep a reference until it is done
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
     import uvicorn
 
@@ -267,10 +287,16 @@ def _quiet_server_class() -> type:
 
 
 def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """A DSN fit for a log line: no user info, no password in the query string."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{k}=***" if k.lower() in ("password", "pass", "passwd", "sslpassword") else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from analyzer import __version__
 from analyzer.api import health, incidents, rules, silences
 from analyzer.api.context import ApiContext
-from analyzer.api.limits import BodyLimit
+from analyzer.api.limits import BodyLimit, UrlText
 from analyzer.api.schemas import Problem
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def create_app(service: Service, *, wall: Callable[[], float] = time.time) -> Fa
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(UrlText)
     if settings.cors_origins:  # off unless configured
         app.add_middleware(
             CORSMiddleware,
@@ -76,13 +78,24 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{place}: {error.get('msg', 'invalid')}"
 
 
+def _json_safe(value: Any) -> Any:
+    """What a client sent, echoed back without what JSON cannot carry (NaN, infinities, lone surrogates)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _json_safe(str(value))  # e.g. the exception object pydantic puts in ``ctx``
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 body plus a one-line ``message`` naming each bad parameter."""
-    errors = list(exc.errors())
-    for error in errors:
-        ctx = error.get("ctx")
-        if isinstance(ctx, dict):  # pydantic puts the raised exception object here
-            error["ctx"] = {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in ctx.items()}
+    errors = [_json_safe(dict(error)) for error in exc.errors()]
     message = "invalid request: " + "; ".join(_describe(e) for e in errors)
     return JSONResponse({"detail": jsonable_encoder(errors), "message": message}, status_code=422)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from shlex import quote
@@ -23,8 +24,14 @@ DEFAULT_CONTAINER = {
 _MESH_CATEGORIES = frozenset({Category.XDS_CONFIG, Category.PROXY_READINESS, Category.CERTIFICATES})
 
 
-def _known(value: str | None) -> str | None:
-    return None if value is None or value in UNKNOWN else value
+# Kubernetes names (DNS-1123): anything else came from a log record and is never put on a command line,
+# quoted or not (a quoted "--server=..." is still a flag to kubectl).
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _known(value: str | None, name: re.Pattern[str] = _SUBDOMAIN) -> str | None:
+    return None if value is None or value in UNKNOWN or not name.match(value) else value
 
 
 def _since_time(first_seen: float) -> str:
@@ -49,7 +56,7 @@ def look_further(
 ) -> list[str]:
     """Commands an operator can paste: every value from the logs is shell-quoted."""
     since = f"--since-time={_since_time(first_seen)}"
-    namespace = _known(key.namespace)
+    namespace = _known(key.namespace, _LABEL)
     workload = _known(key.workload)
     component = rule.component if rule else None
     category = rule.category if rule else None
@@ -61,8 +68,8 @@ def look_further(
         commands.append(f"kubectl -n {ns} logs {quote('deploy/' + (workload or 'istiod'))} {since}")
     if namespace is not None:
         ns = quote(namespace)
-        for pod in list(pods)[:MAX_PODS]:
-            container = containers.get(pod) or (DEFAULT_CONTAINER.get(component) if component else None)
+        for pod in [p for p in pods if _known(p)][:MAX_PODS]:
+            container = _known(containers.get(pod), _LABEL) or (DEFAULT_CONTAINER.get(component) if component else None)
             c = f" -c {quote(container)}" if container else ""
             commands.append(f"kubectl -n {ns} logs {quote(pod)}{c} {since}")
             if category is Category.PROXY_CRASH:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
@@ -26,7 +26,6 @@ class ApiContext:
     service: Service
     wall: Callable[[], float]  # wall clock: silence expiry, ack times
     token: bytes | None  # the API token; None disables the write endpoints
-    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     active_streams: int = 0  # open /v1/incidents/stream responses
     _rules_of: tuple[Catalogue, Mapping[str, Rule]] | None = None
 

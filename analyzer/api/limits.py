@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 import orjson
 from fastapi import HTTPException, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,3 +69,41 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class UrlText:
+    """422 for a path or query string that is not text a store can hold (NUL, invalid UTF-8 once decoded).
+
+    Checked once here, so no route, filter, cursor or id ever reaches the store with it (PostgreSQL refuses
+    NUL in text; that must read as a bad request, not as a store failure).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+            for where, raw in (("path", raw_path), ("query string", scope.get("query_string", b""))):
+                problem = _url_problem(unquote_to_bytes(raw.replace(b"+", b" ")))
+                if problem:
+                    await _unprocessable(send, f"invalid request: {where}: {problem}")
+                    return
+        await self.app(scope, receive, send)
+
+
+def _url_problem(decoded: bytes) -> str | None:
+    if b"\x00" in decoded:
+        return "must not contain NUL (%00)"
+    try:
+        decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return "must be UTF-8 text once percent-decoded"
+    return None
+
+
+async def _unprocessable(send: Send, message: str) -> None:
+    body = orjson.dumps({"detail": [], "message": message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 422, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

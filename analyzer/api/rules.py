@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import structlog
@@ -72,11 +71,10 @@ def build_router(ctx: ApiContext) -> APIRouter:
     )
     async def reload_rules(caller: Caller) -> ReloadResult | JSONResponse:
         """Load and compile the catalogue again (like SIGHUP). Needs the API token."""
-        async with ctx.reload_lock:
-            before = holder.catalogue.digest
-            # Compiling takes a while: off the event loop, so the API and the consumer keep going.
-            problems = await asyncio.to_thread(holder.reload)
-            catalogue = holder.catalogue
+        before = holder.catalogue.digest
+        # Off the event loop and serialized with SIGHUP reloads: the API and the consumer keep going.
+        problems = await holder.reload_async()
+        catalogue = holder.catalogue
         if problems:
             refused = ReloadRefused(
                 detail=f"catalogue refused ({len(problems)} problem(s)); the running catalogue stays",

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from analyzer.types import Category, Component, Severity, Status
 
 MAX_TEXT = 2000  # comments, free text
 MAX_NAME = 253  # Kubernetes object names are at most 253 characters
+
+
+def _storable(value: str) -> str:
+    """Text every store and every JSON encoder can hold: no NUL, no lone surrogate."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (U+0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (a lone surrogate is not)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
 
 
 class Problem(BaseModel):
@@ -68,8 +82,8 @@ class IncidentDetail(IncidentItem):
 class AckRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    by: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
-    comment: str | None = Field(default=None, max_length=MAX_TEXT)
+    by: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    comment: Text | None = Field(default=None, max_length=MAX_TEXT)
 
 
 def _given(name: str) -> dict[str, Any]:
@@ -89,18 +103,18 @@ class SilenceRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_silence_schema_rules)
 
-    rule: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
-    cluster: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
-    namespace: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
-    workload: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
-    expires_at: float | str | None = Field(
+    rule: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    cluster: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    namespace: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    workload: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    expires_at: float | Text | None = Field(
         default=None, description="RFC 3339 time or epoch seconds; give this or duration"
     )
     duration: str | None = Field(
         default=None, pattern=r"^\d+(\.\d+)?(ms|s|m|h|d)$", description="e.g. 30m, 2h, 7d; give this or expires_at"
     )
-    by: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
-    comment: str = Field(default="", max_length=MAX_TEXT)
+    by: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    comment: Text = Field(default="", max_length=MAX_TEXT)
 
     @model_validator(mode="after")
     def _complete(self) -> SilenceRequest:

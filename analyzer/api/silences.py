@@ -10,7 +10,13 @@ from fastapi.exceptions import RequestValidationError
 
 from analyzer.api.auth import AUTH_RESPONSES, Caller
 from analyzer.api.context import ApiContext
-from analyzer.api.params import MAX_EPOCH, check_epoch, parse_silence_duration, parse_time
+from analyzer.api.params import (
+    MAX_EPOCH,
+    MAX_SILENCE_SECONDS,
+    check_epoch,
+    parse_silence_duration,
+    parse_time,
+)
 from analyzer.api.schemas import SilenceList, SilenceOut, SilenceRequest
 from analyzer.api.views import silence_out
 from analyzer.store import Silence
@@ -30,6 +36,8 @@ def _expiry(body: SilenceRequest, now: float) -> float:
             expires_at = check_epoch(float(body.expires_at or 0))
         if expires_at <= now:
             raise ValueError("the silence would already be expired")
+        if expires_at - now > MAX_SILENCE_SECONDS:  # one limit however the expiry is written
+            raise ValueError("the silence would last longer than the maximum of 366d")
     except ValueError as exc:
         error = {"type": "value_error", "loc": ("body", field), "msg": str(exc), "input": value}
         raise RequestValidationError([error]) from None

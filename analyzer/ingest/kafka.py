@@ -230,7 +230,7 @@ class KafkaIngest:
             self.clock.observe(result.max_event_time)
         stream_time = self.clock.now()
         changes = Changes(merges=tuple(result.intervals), stream_time=stream_time)
-        rules = self._rules()
+        rules = pipeline.rules  # the catalogue the batch was matched with, even if a reload swapped it since
         try:
             with self.metrics.stage.labels("store").time():
                 await asyncio.wait_for(
