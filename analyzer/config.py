@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -26,11 +26,12 @@ class Settings(BaseSettings):
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = None
+    kafka_sasl_password: SecretStr | None = None
     max_record_bytes: int = Field(default=1 << 20, ge=1024, description="larger records are rejected, counted")
 
     # Store.
-    store_url: str = "sqlite:///./analyzer.db"
+    # A secret: a PostgreSQL DSN may carry a password (shown redacted, never in a repr or a log line).
+    store_url: SecretStr = SecretStr("sqlite:///./analyzer.db")
     store_timeout: float = Field(default=10.0, gt=0, description="seconds any store call may take")
 
     # Catalogue and incidents.
@@ -43,7 +44,10 @@ class Settings(BaseSettings):
     # HTTP API.
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
-    api_token: str | None = None
+    api_token: SecretStr | None = None  # enables the write endpoints
+    # Optional: when set, reads under /v1 need it too (or the write token); for an API exposed beyond the
+    # cluster. /healthz, /readyz and /metrics stay open for probes and Prometheus.
+    api_read_token: SecretStr | None = None
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     max_body_bytes: int = 64 * 1024
 

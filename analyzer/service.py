@@ -186,7 +186,7 @@ async def run(settings: Settings) -> None:
         await ensure_topics(broker.bootstrap, list(settings.kafka_topics))
         log.info("started the bundled local broker (memory only)", bootstrap=broker.bootstrap)
 
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url.get_secret_value())
     await store.open()
     clock = StreamClock(time.time, settings.allowed_lateness)
     stored_time = await store.stream_time(settings.kafka_group)
@@ -226,7 +226,11 @@ async def run(settings: Settings) -> None:
         from analyzer.demo import feed
 
         tasks.append(asyncio.create_task(feed(broker.bootstrap, settings.kafka_topics[0], stop), name="demo"))
-    log.info("serving", http=f"http://{settings.http_host}:{settings.http_port}", store=_redact(settings.store_url))
+    log.info(
+        "serving",
+        http=f"http://{settings.http_host}:{settings.http_port}",
+        store=_redact(settings.store_url.get_secret_value()),
+    )
     if broker is not None:
         _print_where_to_look(settings)
     failed: BaseException | None = None

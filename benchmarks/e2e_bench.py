@@ -353,7 +353,7 @@ async def pipeline_in_process(
     )
     metrics = Metrics(CollectorRegistry())
     holder = CatalogueHolder.load(settings, metrics)
-    real = open_store(settings.store_url)
+    real = open_store(settings.store_url.get_secret_value())
     await real.open()
     store = TimedStore(real)
     store.ends = ends

@@ -7,15 +7,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 
 from analyzer import __version__
 from analyzer.api import health, incidents, rules, silences
+from analyzer.api.auth import READ_RESPONSES, require_read_token
 from analyzer.api.context import ApiContext
 from analyzer.api.limits import BodyLimit, UrlText
 from analyzer.api.schemas import Problem
@@ -34,13 +36,14 @@ def create_app(service: Service, *, wall: Callable[[], float] = time.time) -> Fa
     """The HTTP API over ``service``. ``wall`` is the wall clock (silence expiry, ack times)."""
     settings = service.settings
     app = FastAPI(title="mesh-log-analyzer", version=__version__, description=DESCRIPTION)
-    ctx = ApiContext(service, wall, settings.api_token.encode() if settings.api_token else None)
+    ctx = ApiContext(service, wall, _secret(settings.api_token), _secret(settings.api_read_token))
     app.state.api = ctx
 
     app.include_router(health.build_router(ctx))
-    app.include_router(incidents.build_router(ctx))
-    app.include_router(silences.build_router(ctx))
-    app.include_router(rules.build_router(ctx))
+    # Reads under /v1 need ANALYZER_API_READ_TOKEN when it is set; probes and /metrics stay open.
+    read_guard = [Depends(require_read_token)]
+    for router in (incidents.build_router(ctx), silences.build_router(ctx), rules.build_router(ctx)):
+        app.include_router(router, dependencies=read_guard, responses=READ_RESPONSES)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -62,6 +65,10 @@ def create_app(service: Service, *, wall: Callable[[], float] = time.time) -> Fa
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _secret(value: SecretStr | None) -> bytes | None:
+    return value.get_secret_value().encode() if value is not None and value.get_secret_value() else None
 
 
 _PLACES = {"query": "query parameter", "path": "path parameter", "header": "header", "body": "request body"}

@@ -26,6 +26,7 @@ class ApiContext:
     service: Service
     wall: Callable[[], float]  # wall clock: silence expiry, ack times
     token: bytes | None  # the API token; None disables the write endpoints
+    read_token: bytes | None = None  # when set, reads under /v1 need it (or the write token)
     active_streams: int = 0  # open /v1/incidents/stream responses
     _rules_of: tuple[Catalogue, Mapping[str, Rule]] | None = None
 

@@ -130,7 +130,7 @@ class KafkaIngest:
             options.update(
                 sasl_mechanism=s.kafka_sasl_mechanism,
                 sasl_plain_username=s.kafka_sasl_username,
-                sasl_plain_password=s.kafka_sasl_password,
+                sasl_plain_password=s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None,
             )
         return options
 

@@ -77,7 +77,7 @@ async def build_service(settings: Settings) -> Service:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     holder = CatalogueHolder.load(settings, metrics)
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url.get_secret_value())
     await store.open()
     clock = StreamClock(time.time, settings.allowed_lateness)
     return Service(settings, registry, metrics, store, holder, clock)
