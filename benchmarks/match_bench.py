@@ -7,6 +7,7 @@ the prefilter engine floor. Then the targets (PASS/MISS) and the per-rule engine
 
     .venv/bin/python benchmarks/match_bench.py            # 1M lines, median of 3 runs
     .venv/bin/python benchmarks/match_bench.py --quick    # 100k lines smoke run
+    .venv/bin/python benchmarks/match_bench.py --baseline e0e318b   # also: this catalogue vs an older one
 """
 
 from __future__ import annotations
@@ -392,6 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tab-escape", choices=("t", "u0009"), default="t")
     p.add_argument("--no-tools", action="store_true", help="skip grep and ripgrep")
     p.add_argument("--per-rule", type=int, default=10, help="rows of the per-rule cost table (0: skip)")
+    p.add_argument(
+        "--baseline",
+        help="a patterns directory or a git revision: time our matcher and pipeline with that catalogue too, "
+        "in the same run on the same corpus, and print the ratios (does a grown catalogue cost speed?)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.lines = 100_000
@@ -631,10 +637,95 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{TARGET_RECORDS * mean / 1e6:.0f} MB/s of raw records)"
         )
 
+        # --- catalogue against a baseline -----------------------------------------------------------
+        if args.baseline:
+            baseline = _baseline_dir(args.baseline, Path(tmp))
+            compare_catalogues(baseline, catalogue, lines, values, stamps, args)
+
         # --- per-rule cost -------------------------------------------------------------------------
         if args.per_rule:
             per_rule_table(catalogue, compiled_svc, lines, values, ours_full, args.per_rule, args.runs)
     return 0
+
+
+def _baseline_dir(spec: str, tmp: Path) -> Path:
+    """A patterns directory as given, or patterns/ as it was at a git revision."""
+    if Path(spec).is_dir():
+        return Path(spec)
+    out = tmp / "baseline-patterns"
+    out.mkdir()
+    names = subprocess.run(
+        ["git", "-C", str(REPO), "ls-tree", "--name-only", f"{spec}:patterns"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in names:
+        blob = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{spec}:patterns/{name}"], capture_output=True, check=True
+        )
+        (out / name).write_bytes(blob.stdout)
+    return out
+
+
+def _alternating(fns: Sequence[Callable[[], object]], runs: int) -> list[tuple[float, object]]:
+    """Median time of each function, timed in turn within each run (A B A B ...): load drifts hit all alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    results: list[object] = [None] * len(fns)
+    for _ in range(max(runs, 3)):
+        for i, fn in enumerate(fns):
+            gc.collect()
+            t0 = time.perf_counter()
+            results[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return [(statistics.median(t), r) for t, r in zip(times, results, strict=True)]
+
+
+def compare_catalogues(
+    baseline_dir: Path,
+    catalogue: Catalogue,
+    lines: Sequence[bytes],
+    values: Sequence[bytes],
+    stamps: Sequence[float],
+    args: argparse.Namespace,
+) -> None:
+    """Our matcher and pipeline with this catalogue and with the baseline, timed alternately in this run."""
+    base = load_catalogue(baseline_dir)
+    with tempfile.TemporaryDirectory(prefix="match-bench-base-") as cache:
+        pairs = [
+            (compile_catalogue(c, cache_dir=Path(cache)), compile_catalogue(c, SIGNALS, cache_dir=Path(cache)))
+            for c in (base, catalogue)
+        ]
+    line_mb = (sum(map(len, lines)) + len(lines)) / 1e6
+    plain = _alternating([partial(Matcher(rules_only), lines) for rules_only, _ in pairs], args.runs)
+    piped = _alternating(
+        [
+            partial(pipeline_run, c, svc, values, stamps, args.batch)
+            for c, (_, svc) in zip((base, catalogue), pairs, strict=True)
+        ],
+        args.runs,
+    )
+    (t_base, _), (t_new, _) = plain
+    (f_base, r_base), (f_new, r_new) = piped
+    assert isinstance(r_base, tuple) and isinstance(r_new, tuple)
+    n_base = sum(len(r.expressions) for r in base.rules)
+    n_new = sum(len(r.expressions) for r in catalogue.rules)
+    print()
+    print(f"catalogue vs baseline ({args.baseline}): same corpus, timed alternately, median of {max(args.runs, 3)}")
+    print(f"  {'':<36} {'baseline':>14} {'this catalogue':>15} {'ratio':>7}")
+    print(
+        f"  {'rules / expressions':<36} {f'{len(base.rules)} / {n_base}':>14} {f'{len(catalogue.rules)} / {n_new}':>15}"
+    )
+    print(
+        f"  {'plain lines, MB/s (Matcher)':<36} {line_mb / t_base:>14.0f} {line_mb / t_new:>15.0f} "
+        f"{t_base / t_new:>6.2f}x"
+    )
+    print(
+        f"  {'Fluent Bit, records/s (Pipeline)':<36} {fmt_rate(len(values) / f_base):>14} "
+        f"{fmt_rate(len(values) / f_new):>15} {f_base / f_new:>6.2f}x"
+    )
+    print(f"  {'prefilter candidates (records)':<36} {r_base[0]:>14,} {r_new[0]:>15,}")
+    print(f"  {'rule matches':<36} {sum(r_base[1].values()):>14,} {sum(r_new[1].values()):>15,}")
 
 
 def _prefilter_hits(compiled: CompiledCatalogue, values: Sequence[bytes]) -> dict[bytes, set[int]]:
