@@ -68,8 +68,8 @@ class Compiled:
         assert hs == ref, f"hyperscan and re disagree on {line!r}: " + ", ".join(
             f"{self.owners[i].id}:{self.expressions[i].pattern!r} (hs={i in hs}, re={i in ref})" for i in hs ^ ref
         )
-        rules = {self.owners[i] for i in hs}
-        return {r.id for r in rules if not excluded(r, line.encode())}
+        rules = {self.owners[i].id: self.owners[i] for i in hs}
+        return {rid for rid, r in rules.items() if not excluded(r, line.encode())}
 
 
 def excluded(rule: Rule, data: bytes) -> bool:
