@@ -8,6 +8,8 @@ gated rules (``analyzer.correlation.GATED_RULES``) are taken on the line alone, 
 
     .venv/bin/python benchmarks/quality.py                  # benchmarks/quality/labelled.jsonl, patterns/
     .venv/bin/python benchmarks/quality.py --misses         # also list missed problem lines and flagged benign ones
+    .venv/bin/python benchmarks/quality.py --corpus benchmarks/quality/holdout.jsonl   # the second held-out split
+    .venv/bin/python benchmarks/quality.py --both           # headline figures of labelled.jsonl and holdout.jsonl
 
 It is a report: the exit status is 0 whatever the figures; PASS/MISS lines compare them with the targets.
 """
@@ -28,6 +30,8 @@ sys.path.insert(0, str(REPO))
 from analyzer.types import Category  # noqa: E402
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "quality" / "labelled.jsonl"
+# The second held-out split: measured once at the end, never used to write or tune rules (quality/README.md).
+DEFAULT_HOLDOUT = Path(__file__).resolve().parent / "quality" / "holdout.jsonl"
 DEFAULT_PATTERNS = REPO / "patterns"
 BENIGN = "benign"
 NONE = "none"
@@ -246,12 +250,67 @@ def report(scored: Sequence[Scored], s: Score, *, misses: bool, corpus: Path, pa
     return "\n".join(lines)
 
 
+def compare(named: Sequence[tuple[str, Score]]) -> str:
+    """The headline figures of several corpora side by side (one column per corpus). Pure, so a test can check it."""
+
+    def frac(value: float | None, num: int, den: int) -> str:
+        return f"{_pct(value).strip()} ({num}/{den})"
+
+    rows: list[tuple[str, list[str]]] = [
+        ("lines (problem/benign)", [f"{s.problems + s.benign} ({s.problems}/{s.benign})" for _, s in named]),
+        ("category recall", [frac(s.recall, s.recalled, s.problems) for _, s in named]),
+        (
+            "flagged with any category",
+            [frac(s.detected / s.problems if s.problems else None, s.detected, s.problems) for _, s in named],
+        ),
+        ("benign lines flagged", [frac(s.benign_flagged_share, s.benign_flagged, s.benign) for _, s in named]),
+        ("", []),
+        ("per-category recall:", []),
+    ]
+    for cat in CATEGORIES:
+        cells = []
+        for _, s in named:
+            c = s.per_category.get(cat, CategoryScore())
+            cells.append(frac(c.recall, c.tp, c.support) if c.support else "-")
+        rows.append((f"  {cat}", cells))
+    width = 2 + max([len(name) for name, _ in named] + [len(c) for _, cells in rows for c in cells])
+    lines = [f"{'':<28}" + "".join(f"{name:>{width}}" for name, _ in named), "-" * (28 + width * len(named))]
+    lines += [f"{title:<28}" + "".join(f"{c:>{width}}" for c in cells) for title, cells in rows]
+    lines.append("")
+    for name, s in named:
+        ok_recall = s.recall is not None and s.recall >= TARGET_RECALL
+        ok_benign = s.benign_flagged_share is not None and s.benign_flagged_share <= TARGET_BENIGN_FLAGGED
+        lines.append(
+            f"{name}: {'PASS' if ok_recall else 'MISS'} category recall >= {TARGET_RECALL}; "
+            f"{'PASS' if ok_benign else 'MISS'} benign lines flagged <= {TARGET_BENIGN_FLAGGED:.0%}"
+        )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _score_corpus(corpus: Path, patterns: Path) -> tuple[list[Scored], Score]:
+    scored = predict(load_corpus(corpus), patterns)
+    return scored, score((x.item.label, x.item.component, x.categories) for x in scored)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     ap.add_argument("--patterns", type=Path, default=DEFAULT_PATTERNS)
     ap.add_argument("--misses", action="store_true", help="list missed problem lines and flagged benign lines")
+    ap.add_argument(
+        "--both",
+        action="store_true",
+        help=f"headline figures of {DEFAULT_CORPUS.name} and {DEFAULT_HOLDOUT.name} side by side",
+    )
     args = ap.parse_args(argv)
+    if args.both:
+        if args.misses:
+            ap.error("--misses lists one corpus; run it with --corpus instead of --both")
+        named = [(path.stem, _score_corpus(path, args.patterns)[1]) for path in (DEFAULT_CORPUS, DEFAULT_HOLDOUT)]
+        print(f"quality: {DEFAULT_CORPUS.name} vs {DEFAULT_HOLDOUT.name}; patterns {args.patterns}")
+        print("")
+        print(compare(named))
+        return 0
     items = load_corpus(args.corpus)
     scored = predict(items, args.patterns)
     s = score((x.item.label, x.item.component, x.categories) for x in scored)

@@ -1,5 +1,5 @@
-"""The held-out quality corpus (benchmarks/quality/labelled.jsonl) is well formed, and benchmarks/quality.py
-scores correctly.
+"""The held-out quality corpora (benchmarks/quality/labelled.jsonl and the second split holdout.jsonl) are well
+formed and disjoint, and benchmarks/quality.py scores correctly.
 
 No threshold on the catalogue's score here: that is a report (``benchmarks/quality.py``), not a test.
 """
@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "quality.py"
 CORPUS = ROOT / "benchmarks" / "quality" / "labelled.jsonl"
+HOLDOUT = ROOT / "benchmarks" / "quality" / "holdout.jsonl"
 SHARED_CANDIDATES = (
     ROOT / "tests" / "data" / "istio_real_lines.jsonl",
     ROOT.parent / "shared" / "corpus" / "istio_real_lines.jsonl",
@@ -26,6 +27,7 @@ SHARED_CANDIDATES = (
 FIELDS = {"line", "label", "component", "source", "note"}
 MIN_LINES, MIN_PROBLEMS, MIN_BENIGN = 400, 250, 150
 MIN_PER_CATEGORY = 8
+HOLDOUT_MIN_LINES, HOLDOUT_MIN_PROBLEMS, HOLDOUT_MIN_BENIGN = 250, 150, 100
 URL = re.compile(r"^https?://\S+$")
 
 
@@ -44,23 +46,44 @@ def _load_script() -> ModuleType:
 quality = _load_script()
 
 
-@pytest.fixture(scope="module")
-def rows() -> list[dict[str, str]]:
+def _read_rows(path: Path) -> list[dict[str, str]]:
     out = []
-    with CORPUS.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8") as fh:
         for n, raw in enumerate(fh, 1):
-            assert raw.strip(), f"line {n}: blank line"
+            assert raw.strip(), f"{path.name} line {n}: blank line"
             obj = json.loads(raw)
-            assert isinstance(obj, dict), f"line {n}: not an object"
+            assert isinstance(obj, dict), f"{path.name} line {n}: not an object"
             out.append(obj)
     return out
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict[str, str]]:
+    return _read_rows(CORPUS)
+
+
+@pytest.fixture(scope="module")
+def holdout_rows() -> list[dict[str, str]]:
+    return _read_rows(HOLDOUT)
 
 
 def _norm(line: str) -> str:
     return " ".join(line.split())
 
 
+def _shared_lines() -> set[str] | None:
+    shared_path = next((p for p in SHARED_CANDIDATES if p.is_file()), None)
+    if shared_path is None:
+        return None
+    with shared_path.open(encoding="utf-8") as fh:
+        return {_norm(json.loads(raw)["line"]) for raw in fh if raw.strip()}
+
+
 def test_every_row_is_well_formed(rows: list[dict[str, str]]) -> None:
+    _assert_well_formed(rows)
+
+
+def _assert_well_formed(rows: list[dict[str, str]]) -> None:
     for n, row in enumerate(rows, 1):
         assert set(row) <= FIELDS, f"row {n}: unknown fields {set(row) - FIELDS}"
         assert {"line", "label", "component", "source"} <= set(row), f"row {n}: missing fields"
@@ -78,11 +101,9 @@ def test_no_duplicate_lines(rows: list[dict[str, str]]) -> None:
 
 
 def test_no_line_from_the_shared_corpus(rows: list[dict[str, str]]) -> None:
-    shared_path = next((p for p in SHARED_CANDIDATES if p.is_file()), None)
-    if shared_path is None:
+    shared = _shared_lines()
+    if shared is None:
         pytest.skip("shared corpus not available")
-    with shared_path.open(encoding="utf-8") as fh:
-        shared = {_norm(json.loads(raw)["line"]) for raw in fh if raw.strip()}
     overlap = [r["line"] for r in rows if _norm(r["line"]) in shared]
     assert not overlap, overlap[:3]
 
@@ -101,6 +122,50 @@ def test_counts_meet_the_minimums(rows: list[dict[str, str]]) -> None:
     for component in ("kubernetes-event", "ztunnel", "istio-cni", "istio-init", "istiod", "istio-proxy"):
         assert problem_components[component] >= 5, f"{component}: {problem_components[component]} problem lines"
     assert components["app"] >= 1
+
+
+# The second split (holdout.jsonl): measured once at the end, never used to write rules; see quality/README.md.
+
+
+def test_holdout_rows_are_well_formed(holdout_rows: list[dict[str, str]]) -> None:
+    _assert_well_formed(holdout_rows)
+
+
+def test_holdout_has_no_duplicate_lines(holdout_rows: list[dict[str, str]]) -> None:
+    dup = [line for line, k in Counter(_norm(r["line"]) for r in holdout_rows).items() if k > 1]
+    assert not dup, dup[:3]
+
+
+def test_holdout_is_disjoint_from_labelled_and_shared(
+    rows: list[dict[str, str]], holdout_rows: list[dict[str, str]]
+) -> None:
+    labelled = {_norm(r["line"]) for r in rows}
+    overlap = [r["line"] for r in holdout_rows if _norm(r["line"]) in labelled]
+    assert not overlap, overlap[:3]
+    shared = _shared_lines()
+    if shared is None:
+        pytest.skip("shared corpus not available")
+    overlap = [r["line"] for r in holdout_rows if _norm(r["line"]) in shared]
+    assert not overlap, overlap[:3]
+
+
+def test_holdout_counts_meet_the_minimums(holdout_rows: list[dict[str, str]]) -> None:
+    labels = Counter(r["label"] for r in holdout_rows)
+    problems = sum(k for label, k in labels.items() if label != quality.BENIGN)
+    assert len(holdout_rows) >= HOLDOUT_MIN_LINES
+    assert problems >= HOLDOUT_MIN_PROBLEMS
+    assert labels[quality.BENIGN] >= HOLDOUT_MIN_BENIGN
+    for category in quality.CATEGORIES:
+        assert labels[category] >= MIN_PER_CATEGORY, f"{category}: {labels[category]} lines"
+    problem_components = Counter(r["component"] for r in holdout_rows if r["label"] != quality.BENIGN)
+    for component in ("kubernetes-event", "ztunnel", "istio-cni", "istio-init", "istiod", "istio-proxy", "app"):
+        assert problem_components[component] >= 5, f"{component}: {problem_components[component]} problem lines"
+
+
+def test_holdout_loads(holdout_rows: list[dict[str, str]]) -> None:
+    items = quality.load_corpus(HOLDOUT)
+    assert [i.line for i in items] == [r["line"] for r in holdout_rows]
+    assert quality.DEFAULT_HOLDOUT == HOLDOUT
 
 
 def test_load_corpus_reads_every_row(rows: list[dict[str, str]]) -> None:
@@ -191,3 +256,35 @@ def test_main_runs_on_a_small_corpus(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "category recall on problem lines" in out
     assert re.search(r"^(PASS|MISS)  benign lines flagged", out, re.M)
+
+
+def test_compare_puts_corpora_side_by_side() -> None:
+    a = quality.score(EXAMPLE)
+    b = quality.score([("cni", "istio-cni", {"cni"}), ("benign", "app", set())])
+    text = quality.compare([("labelled", a), ("holdout", b)])
+    header = text.splitlines()[0]
+    assert header.index("labelled") < header.index("holdout")
+    recall = next(line for line in text.splitlines() if line.startswith("category recall"))
+    assert "0.500 (2/4)" in recall and "1.000 (1/1)" in recall
+    benign = next(line for line in text.splitlines() if line.startswith("benign lines flagged"))
+    assert "0.500 (1/2)" in benign and "0.000 (0/1)" in benign
+    injection = next(line for line in text.splitlines() if line.strip().startswith("injection"))
+    assert injection.split()[1:] == ["-", "-"]  # no injection lines in either
+    assert "holdout: PASS category recall >= 0.95; PASS benign lines flagged <= 2%" in text
+    assert "labelled: MISS category recall" in text
+
+
+def test_main_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    small = {}
+    for name, path in (("labelled", CORPUS), ("holdout", HOLDOUT)):
+        small[name] = tmp_path / f"{name}.jsonl"
+        with path.open(encoding="utf-8") as src:
+            small[name].write_text("".join(src.readline() for _ in range(4)), encoding="utf-8")
+    monkeypatch.setattr(quality, "DEFAULT_CORPUS", small["labelled"])
+    monkeypatch.setattr(quality, "DEFAULT_HOLDOUT", small["holdout"])
+    assert quality.main(["--both"]) == 0
+    out = capsys.readouterr().out
+    assert "labelled.jsonl vs holdout.jsonl" in out
+    assert re.search(r"^category recall .*\(\d+/\d+\).*\(\d+/\d+\)", out, re.M)
+    with pytest.raises(SystemExit):
+        quality.main(["--both", "--misses"])
