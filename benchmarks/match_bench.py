@@ -432,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"catalogue: {len(catalogue.rules)} rules, {len(expressions)} expressions "
             f"(+{len(SIGNALS)} internal signals in the service database); "
-            f"prefilter: {'literal DB' if compiled_svc.prefilter is not None else 'NONE (every record decoded)'}"
+            f"prefilter: {len(compiled_svc.literals)} literals"
         )
         print(
             f"corpus: {len(lines):,} lines, {line_bytes / 1e6:.0f} MB as a file (mean {line_bytes / len(lines):.0f} "
@@ -572,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         pre_db = compiled_svc.prefilter
-        if pre_db is not None:
+        if pre_db is not None:  # always, since every expression must have a literal
             fbuf = b"\n".join(values)
             t, _ = _median_time(lambda: pre_db.scan(fbuf, match_event_handler=_noop), args.runs)
             pe = [0]
@@ -730,13 +730,9 @@ def compare_catalogues(
 
 def _prefilter_hits(compiled: CompiledCatalogue, values: Sequence[bytes]) -> dict[bytes, set[int]]:
     """Literal -> indices of the raw records containing it (the candidates each literal causes)."""
-    from analyzer.match.compiler import _prefilter_literals  # the compiler's own literal list, in id order
-
-    literals = _prefilter_literals(compiled.entries) or []
+    forms = compiled.prefilter_forms  # in the prefilter database's id order
     hits: dict[bytes, set[int]] = {}
     db = compiled.prefilter
-    if db is None:
-        return hits
     for a in range(0, len(values), 4096):
         chunk = values[a : a + 4096]
         starts = np.zeros(len(chunk), dtype=np.int64)
@@ -748,7 +744,7 @@ def _prefilter_hits(compiled: CompiledCatalogue, values: Sequence[bytes]) -> dic
         ids, ends = events[0::2], np.asarray(events[1::2], dtype=np.int64)
         rows = (np.searchsorted(starts, ends - 1, side="right") - 1 + a).tolist()
         for lit_id, row in zip(ids, rows, strict=True):
-            hits.setdefault(literals[lit_id][0], set()).add(row)
+            hits.setdefault(forms[lit_id][0].replace(b'\\"', b'"'), set()).add(row)
     return hits
 
 
@@ -768,7 +764,7 @@ def per_rule_table(
 ) -> None:
     """Per-rule cost: engine time alone and in the combined database (leave-one-out), match events,
     and the Fluent Bit records each rule's prefilter literals make candidates (decoded for nothing)."""
-    from analyzer.match.literals import required_fragments
+    from analyzer.match.literals import fragment_options
 
     cap = 100_000_000  # per-rule scans run on a prefix of the corpus: 2x55 compiles and scans add up
     cut, size = 0, 0
@@ -787,8 +783,11 @@ def per_rule_table(
     if compiled_svc.prefilter is not None:
         hits = _prefilter_hits(compiled_svc, values)
         for e in compiled_svc.entries:
-            for frag in required_fragments(e.expression.pattern) or ():
-                by_rule.setdefault(e.owner, set()).update(hits.get(frag, ()))
+            chosen = set(compiled_svc.literals)
+            for option in fragment_options(e.expression.pattern, e.expression.caseless):
+                for frag in option:
+                    if (frag, e.expression.caseless) in chosen:
+                        by_rule.setdefault(e.owner, set()).update(hits.get(frag, ()))
         for i, owners in Matcher(compiled_svc)(lines):
             for o in owners:
                 matched_records.setdefault(o, set()).add(i)

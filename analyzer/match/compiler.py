@@ -15,11 +15,15 @@ from typing import Any
 import hyperscan
 
 from analyzer.errors import CatalogueError, RuleProblem
-from analyzer.match.literals import can_cross_newline, required_fragments, trailing_unbounded_repeat
+from analyzer.match.literals import can_cross_newline, fragment_options, trailing_unbounded_repeat, variants
+from analyzer.match.ordinary import SAMPLE_VERSION, literal_rates
 from analyzer.types import Catalogue, Expression
 
 # Bump when the way databases are built changes, so stale cache entries are never loaded.
-_BUILD_VERSION = "1"
+_BUILD_VERSION = "2"
+# A prefilter literal found in more of the ordinary-traffic sample than this is refused: on some traffic mix
+# it would make the prefilter decode most records for nothing.
+COMMON_RATE = 0.01
 _MODE = hyperscan.HS_MODE_BLOCK
 
 
@@ -50,16 +54,16 @@ class CompiledCatalogue:
     """The compiled databases for one catalogue (plus internal signals).
 
     ``db`` is the exact database over decoded log text; ``prefilter`` is a literal database over raw
-    JSON-encoded records: every expression's match implies one of its required literal fragments, none of
-    which contains a character a JSON encoder escapes, so a record without a literal hit cannot match.
-    ``prefilter`` is None when some expression has no such fragment (then every record must be decoded).
+    JSON-encoded records: every expression's match implies one of its required ``literals``, none of which
+    contains a character a JSON encoder escapes, so a record without a literal hit cannot match.
     """
 
     def __init__(
         self,
         entries: Sequence[Entry],
         db: Any,
-        prefilter: Any | None,
+        prefilter: Any,
+        literals: Sequence[tuple[bytes, bool]],
         key: str,
         from_cache: bool,
         excludes: Mapping[str, tuple[re.Pattern[bytes], ...]] | None = None,
@@ -70,10 +74,17 @@ class CompiledCatalogue:
         self.owners = tuple(e.owner for e in entries)
         self.db = db
         self.prefilter = prefilter
+        self.literals = tuple(literals)  # (literal, caseless), one set per expression
+
         self.key = key
         self.from_cache = from_cache
         # No expression can span a newline: a batch scan's (expression, end) pairs are exact per line.
         self.line_local = not any(can_cross_newline(e.expression.pattern) for e in entries)
+
+    @property
+    def prefilter_forms(self) -> list[tuple[bytes, bool]]:
+        """Every form the literals take in a raw record (a quote also as \\"): what the prefilter looks for."""
+        return [(form, caseless) for lit, caseless in self.literals for form in variants(lit)]
 
 
 def _excludes(catalogue: Catalogue) -> dict[str, tuple[re.Pattern[bytes], ...]]:
@@ -90,11 +101,10 @@ def _entries(catalogue: Catalogue, signals: Mapping[str, Expression]) -> list[En
     return entries
 
 
-def _cache_key(entries: Sequence[Entry], literals: Sequence[tuple[bytes, bool]] | None) -> str:
+def _cache_key(entries: Sequence[Entry]) -> str:
     spec = [[e.owner, e.expression.pattern, e.expression.caseless] for e in entries]
-    prefilter = None if literals is None else [[lit.hex(), caseless] for lit, caseless in literals]
     version = getattr(hyperscan, "__version__", "?")
-    raw = json.dumps([_BUILD_VERSION, version, spec, prefilter], sort_keys=True).encode()
+    raw = json.dumps([_BUILD_VERSION, SAMPLE_VERSION, version, spec], sort_keys=True).encode()
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -124,14 +134,50 @@ def compile_problems(entries: Sequence[Entry]) -> list[RuleProblem]:
     return problems
 
 
-def _prefilter_literals(entries: Sequence[Entry]) -> list[tuple[bytes, bool]] | None:
-    literals: set[tuple[bytes, bool]] = set()
-    for entry in entries:
-        fragments = required_fragments(entry.expression.pattern, entry.expression.caseless)
-        if fragments is None:
-            return None
-        literals.update((f, entry.expression.caseless) for f in fragments)
-    return sorted(literals)
+def prefilter_literals(entries: Sequence[Entry]) -> tuple[list[tuple[bytes, bool]], list[RuleProblem]]:
+    """Per expression, the rarest set of required literals in ordinary traffic; problems for expressions
+    without one, or whose rarest is still common (the prefilter would then decode ordinary records)."""
+    options = [fragment_options(e.expression.pattern, e.expression.caseless) for e in entries]
+    rates = literal_rates(
+        (fragment, e.expression.caseless)
+        for e, sets in zip(entries, options, strict=True)
+        for o in sets
+        for fragment in o
+    )
+    chosen: set[tuple[bytes, bool]] = set()
+    problems: list[RuleProblem] = []
+    for entry, sets in zip(entries, options, strict=True):
+        pattern, caseless = entry.expression.pattern, entry.expression.caseless
+        if not sets:
+            problems.append(
+                RuleProblem(
+                    entry.source,
+                    entry.owner,
+                    f"{pattern!r} has no required literal of 3+ characters that JSON does not escape (no quote, "
+                    "backslash or slash) on every match path: every record would have to be decoded; "
+                    "lead with a literal",
+                )
+            )
+            continue
+
+        def cost(o: frozenset[bytes], caseless: bool = caseless) -> tuple[float, int, int]:
+            return (max(rates[(f, caseless)] for f in o), -min(map(len, o)), len(o))
+
+        best = min(sets, key=cost)
+        rate, common = max((rates[(f, caseless)], f) for f in best)
+        if rate > COMMON_RATE:
+            problems.append(
+                RuleProblem(
+                    entry.source,
+                    entry.owner,
+                    f"{pattern!r}: its best prefilter literal {common.decode()!r} is in {rate:.0%} of ordinary "
+                    "traffic records (healthy access logs, info lines, pod metadata): on such traffic the "
+                    "prefilter would decode them for nothing; anchor short tokens in their position or lead "
+                    "with a rarer literal",
+                )
+            )
+        chosen.update((f, caseless) for f in best)
+    return sorted(chosen), problems
 
 
 def lint(catalogue: Catalogue) -> list[Warning_]:
@@ -146,15 +192,6 @@ def lint(catalogue: Catalogue) -> list[Warning_]:
                         rule.id,
                         f"{e.pattern!r} ends in an unbounded repeat: trim it (same matching lines, "
                         "one match event instead of one per character)",
-                    )
-                )
-            if required_fragments(e.pattern, e.caseless) is None:
-                warnings.append(
-                    Warning_(
-                        rule.source,
-                        rule.id,
-                        f"{e.pattern!r} has no required literal of 3+ JSON-safe characters: every Fluent Bit "
-                        "record must then be decoded before matching (much slower); lead with a literal",
                     )
                 )
     return warnings
@@ -196,15 +233,18 @@ def compile_catalogue(
     entries = _entries(catalogue, signals or {})
     if not entries:
         raise CatalogueError([RuleProblem("<catalogue>", None, "no expressions to compile")])
-    literals = _prefilter_literals(entries)
-    key = _cache_key(entries, literals)
+    key = _cache_key(entries)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     exact_path, pre_path = cache / f"{key}.exact.hsdb", cache / f"{key}.prefilter.hsdb"
+    literals_path = cache / f"{key}.literals.json"
 
-    db = _load_cached(exact_path)
-    prefilter = _load_cached(pre_path) if literals is not None and db is not None else None
-    from_cache = db is not None and (literals is None or prefilter is not None)
+    db, prefilter, literals = _load_cached(exact_path), _load_cached(pre_path), _load_literals(literals_path)
+    from_cache = db is not None and prefilter is not None and literals is not None
     if not from_cache:
+        # Checked before the (slower) compile: a refused literal is the more useful message.
+        literals, problems = prefilter_literals(entries)
+        if problems:
+            raise CatalogueError(problems)
         try:
             db = _compile([e.expression.pattern.encode() for e in entries], [_flags(e.expression) for e in entries])
         except hyperscan.error as exc:
@@ -213,13 +253,34 @@ def compile_catalogue(
                 problems = [RuleProblem("<catalogue>", None, f"Hyperscan cannot compile the catalogue: {exc}")]
             raise CatalogueError(problems) from exc
         db.scratch = hyperscan.Scratch(db)
+        encoded = [(form, caseless) for lit, caseless in literals for form in variants(lit)]
+        prefilter = _compile(  # the same forms as CompiledCatalogue.prefilter_forms
+            [form for form, _ in encoded],
+            [hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in encoded],
+            literal=True,
+        )
+        prefilter.scratch = hyperscan.Scratch(prefilter)
         _store_cached(exact_path, db)
-        if literals is not None:
-            prefilter = _compile(
-                [lit for lit, _ in literals],
-                [hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in literals],
-                literal=True,
-            )
-            prefilter.scratch = hyperscan.Scratch(prefilter)
-            _store_cached(pre_path, prefilter)
-    return CompiledCatalogue(entries, db, prefilter, key, from_cache, _excludes(catalogue))
+        _store_cached(pre_path, prefilter)
+        _store_literals(literals_path, literals)
+    assert literals is not None
+    return CompiledCatalogue(entries, db, prefilter, literals, key, from_cache, _excludes(catalogue))
+
+
+def _load_literals(path: Path) -> list[tuple[bytes, bool]] | None:
+    try:
+        raw = json.loads(path.read_text())
+        return [(bytes.fromhex(lit), bool(caseless)) for lit, caseless in raw]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _store_literals(path: Path, literals: Sequence[tuple[bytes, bool]]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".literals-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump([[lit.hex(), caseless] for lit, caseless in literals], fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache is an optimisation

@@ -13,8 +13,8 @@ import re._constants as C  # type: ignore[import-not-found]
 import re._parser as P  # type: ignore[import-not-found]
 from typing import Any
 
+# Shorter literals are common in any traffic mix: a two-letter response flag such as UT is inside every PUT.
 MIN_FRAGMENT = 3
-MIN_TOKEN = 2  # an upper-case token such as an Envoy response flag (UH, DC, NR): rare in encoded records
 
 # Words every record of some kind carries (Fluent Bit envelope and kubernetes keys, Istio JSON keys, Envoy
 # JSON access-log keys): a fragment inside one of them flags every such record, so it is no prefilter.
@@ -69,8 +69,10 @@ COMMON_WORDS = [
     "upstream_transport_failure_reason",
 ]
 
-# Printable ASCII minus the characters JSON encoders escape (", \, and / by some, e.g. Fluent Bit's old one).
-_SAFE = frozenset(range(0x20, 0x7F)) - {ord('"'), ord("\\"), ord("/")}
+# Printable ASCII minus what JSON encoders escape in more than one way (\, and / by some, e.g. Fluent Bit's
+# old one). A quote is always escaped as \": a literal holding one is looked for in both forms (``variants``),
+# so a token can be matched in its position in a JSON access log ('"UF' or ',UF' in "response_flags":"UF").
+_SAFE = frozenset(range(0x20, 0x7F)) - {ord("\\"), ord("/")}
 
 Alternatives = frozenset[bytes]
 
@@ -81,12 +83,7 @@ def _score(alternatives: Alternatives) -> tuple[int, int]:
 
 
 def _usable(fragment: bytes, caseless: bool) -> bool:
-    if any(fragment.decode() in word for word in COMMON_WORDS):
-        return False
-    if len(fragment) >= MIN_FRAGMENT:
-        return True
-    # Caseless, two letters would hit every hex digest ("dc", "ab"): only a case-sensitive token is rare.
-    return not caseless and len(fragment) >= MIN_TOKEN and fragment.isupper() and fragment.isalpha()
+    return len(fragment) >= MIN_FRAGMENT and not any(fragment.decode() in word for word in COMMON_WORDS)
 
 
 def _best(options: list[Alternatives], caseless: bool) -> Alternatives | None:
@@ -116,8 +113,8 @@ def _single_char(op: Any, av: Any) -> int | None:
     return None
 
 
-def _sequence(items: Any, caseless: bool) -> Alternatives | None:
-    """Best required alternative-set of a sequence of nodes."""
+def _options(items: Any, caseless: bool) -> list[Alternatives]:
+    """Every usable required alternative-set of a sequence of nodes (nested ones: their best)."""
     options: list[Alternatives] = []
     run: list[int] = []
 
@@ -144,7 +141,12 @@ def _sequence(items: Any, caseless: bool) -> Alternatives | None:
             if sub is not None:
                 options.append(sub)
     close_run()
-    return _best(options, caseless)
+    return [o for o in options if o and all(_usable(a, caseless) for a in o)]
+
+
+def _sequence(items: Any, caseless: bool) -> Alternatives | None:
+    """Best (longest) required alternative-set of a sequence of nodes."""
+    return _best(_options(items, caseless), caseless)
 
 
 def _branch(branches: Any, caseless: bool) -> Alternatives | None:
@@ -167,6 +169,24 @@ def required_fragments(pattern: str, caseless: bool = False) -> Alternatives | N
     except (re.error, OverflowError, RecursionError):
         return None
     return _sequence(tree.data, caseless)
+
+
+def variants(fragment: bytes) -> tuple[bytes, ...]:
+    """How a literal can appear in a raw record: as it is, and inside a JSON string (quotes as \\")."""
+    return (fragment, fragment.replace(b'"', b'\\"')) if b'"' in fragment else (fragment,)
+
+
+def fragment_options(pattern: str, caseless: bool = False) -> list[Alternatives]:
+    """Every alternative-set of JSON-safe literals one of which occurs in every match (empty: none).
+
+    The prefilter uses one set per expression: the caller picks it (the compiler: the rarest in ordinary
+    traffic, see ``analyzer.match.ordinary``).
+    """
+    try:
+        tree = P.parse(pattern)
+    except (re.error, OverflowError, RecursionError):
+        return []
+    return _options(tree.data, caseless)
 
 
 def trailing_unbounded_repeat(pattern: str) -> bool:

@@ -142,19 +142,12 @@ class RecordPrefilter:
     """Which raw JSON-encoded records can match at all: literal scan of the encoded bytes.
 
     A record is a candidate when it contains one of the required literal fragments (case as the expression
-    asks). Candidates must then be decoded and checked with ``Matcher.one``; the rest cannot match. Without
-    a literal database (some expression lacks a safe literal) every record is a candidate.
+    asks). Candidates must then be decoded and checked with ``Matcher.one``; the rest cannot match. Every
+    expression has such literals: the compiler refuses one without (see ``prefilter_literals``).
     """
 
     def __init__(self, compiled: CompiledCatalogue) -> None:
         self._db = compiled.prefilter
 
-    @property
-    def exhaustive(self) -> bool:
-        """False when every record has to be decoded (no usable literals)."""
-        return self._db is not None
-
     def __call__(self, records: Sequence[bytes]) -> IndexArray:
-        if self._db is None:
-            return np.arange(len(records), dtype=np.intp)
         return _scan_batches(self._db, records)

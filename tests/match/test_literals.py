@@ -14,9 +14,13 @@ from analyzer.match.literals import can_cross_newline, required_fragments, trail
     [
         ("Failed to watch[^\\n]{0,400}dial tcp", {b"Failed to watch"}),
         ("(connection refused|i/o timeout)", {b"connection refused", b"o timeout"}),
-        ('"level":"error"', {b"error"}),  # "level" is a key of every Istio JSON line: no filter
-        ('response_flags"?: ?"?(?:[A-Z]{1,5},){0,8}DC\\b', {b"DC"}),  # a flag token beats the common key
-        ("(?:UH|NR) x", {b"UH", b"NR"}),  # two-letter upper-case tokens are usable
+        ('"level":"error"', {b'"level":"error"'}),  # a quote is usable: also looked for as \" (variants)
+        ("level ?error", {b"error"}),  # "level" alone is a key of every Istio JSON line: no filter
+        # Two letters are common in any mix (UT is in every PUT): a flag must be matched in its position.
+        ('response_flags"?: ?"?(?:[A-Z]{1,5},){0,8}DC\\b', None),
+        ("(?:UH|NR) x", None),
+        ('" 503 (?:UH|NR) ', {b'" 503 '}),
+        ("(?: UF | UF,|,UF |,UF,)", {b" UF ", b" UF,", b",UF ", b",UF,"}),  # a flag in its position
         ("ab[0-9]", None),
         ("(?:foo)+barbaz", {b"barbaz"}),
         ("iptables-restore: line [0-9]+ failed", {b"iptables-restore: line "}),
@@ -77,3 +81,10 @@ def test_every_match_contains_a_fragment(parts: list[str], text: str) -> None:
 )
 def test_can_cross_newline(pattern: str, expected: bool) -> None:
     assert can_cross_newline(pattern) is expected
+
+
+def test_a_literal_with_a_quote_is_looked_for_json_escaped_too() -> None:
+    from analyzer.match.literals import variants
+
+    assert variants(b'"UF') == (b'"UF', b'\\"UF')
+    assert variants(b",UF") == (b",UF",)

@@ -129,10 +129,40 @@ def test_compile_error_names_file_rule_and_reason(tmp_path: Path) -> None:
     assert "not supported" in problem.reason
 
 
-def test_prefilter_off_without_safe_literals(tmp_path: Path) -> None:
-    compiled = compile_catalogue(catalogue(rule("short", "a[0-9]b")), cache_dir=tmp_path)
-    assert compiled.prefilter is None
-    assert RecordPrefilter(compiled)([b"{}", b"x"]).tolist() == [0, 1]
+def test_an_expression_without_a_safe_literal_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CatalogueError) as info:
+        compile_catalogue(catalogue(rule("fine", "connection refused"), rule("short", "a[0-9]b")), cache_dir=tmp_path)
+    [problem] = info.value.problems
+    assert problem.rule_id == "short" and "no required literal of 3+ characters" in problem.reason
+
+
+@pytest.mark.parametrize(
+    ("pattern", "common"),
+    [
+        (r"\b(?:UT|UF)\b", None),  # two-letter flags are no literal at all: refused as literal-less
+        (r"PUT [a-z]", "PUT "),  # in every PUT request of the ordinary sample
+        (r"istio-(?:init|proxy)\b", "istio-"),  # every pod's sidecar annotation names both
+    ],
+)
+def test_a_literal_common_in_ordinary_traffic_is_refused(tmp_path: Path, pattern: str, common: str | None) -> None:
+    with pytest.raises(CatalogueError) as info:
+        compile_catalogue(catalogue(rule("common", pattern)), cache_dir=tmp_path)
+    [problem] = info.value.problems
+    assert problem.rule_id == "common"
+    if common is not None:
+        assert f"best prefilter literal {common!r} is in" in problem.reason and "ordinary" in problem.reason
+
+
+def test_the_rarest_literal_is_chosen_and_the_choice_is_cached(tmp_path: Path) -> None:
+    # Both sides are required; "istio-init" is in every record's annotations, "Back-off restarting" in none.
+    cat = catalogue(rule("backoff", r"istio-init.{0,80}Back-off restarting"))
+    compiled = compile_catalogue(cat, cache_dir=tmp_path)
+    assert compiled.literals == ((b"Back-off restarting", False),)
+    again = compile_catalogue(cat, cache_dir=tmp_path)
+    assert again.from_cache and again.literals == compiled.literals
+    assert RecordPrefilter(again)(
+        [b'{"log":"istio-init ok"}', b'{"log":"istio-init Back-off restarting"}']
+    ).tolist() == [1]
 
 
 LOCAL = catalogue(
