@@ -9,6 +9,7 @@ import orjson
 
 from analyzer.decode.cri import PartialLines, split_cri, split_timestamp_prefix
 from analyzer.decode.docker import NOT_AN_OBJECT, record_from_docker
+from analyzer.decode.events import event_object, looks_like_row, record_from_event, record_from_row
 from analyzer.decode.fields import line_fields, object_fields
 from analyzer.decode.fluentbit import record_from_mapping
 from analyzer.decode.timeparse import parse_time
@@ -92,6 +93,8 @@ class Decoder:
                 return _plain(raw)
             if type(obj) is not dict:
                 return _plain(raw)
+            if event_object(obj) is not None:  # before the envelopes: an Event has a "message" string too
+                return record_from_event(obj, max_line_bytes=self.max_line_bytes)
             if type(obj.get("log")) is str:
                 if len(obj) == 3 and "stream" in obj and "time" in obj:
                     return record_from_docker(obj)
@@ -108,6 +111,10 @@ class Decoder:
             prefixed = split_timestamp_prefix(raw)
             if prefixed is not None:
                 return _plain(prefixed[1], prefixed[0])
+        if looks_like_row(raw):  # a pasted `kubectl get events` / `kubectl describe` Events row
+            row = record_from_row(raw)
+            if row is not None:
+                return row
         return _plain(raw)
 
     _plain_line = staticmethod(_plain)
@@ -133,4 +140,8 @@ class Decoder:
 
     def _fluentbit(self, raw: bytes) -> LogRecord | Rejected:
         obj = _load(raw)
-        return obj if isinstance(obj, Rejected) else record_from_mapping(obj)
+        if isinstance(obj, Rejected):
+            return obj
+        if event_object(obj) is not None:  # the kubernetes_events input: the record is the Event object
+            return record_from_event(obj, max_line_bytes=self.max_line_bytes)
+        return record_from_mapping(obj)

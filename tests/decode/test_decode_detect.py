@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from analyzer.decode import Decoder, Format
+from analyzer.decode.events import record_from_row
 from analyzer.types import LogRecord, Rejected
 
 ALL_FORMATS = list(Format)
@@ -98,6 +99,9 @@ def test_auto_every_corpus_line(corpus: list[dict[str, str]]) -> None:
             assert record(got).line == line[31:].encode()
         elif category.startswith("docker-json-file"):
             assert record(got).line == orjson.loads(line)["log"].rstrip("\n").encode()
+        elif record_from_row(line.encode()) is not None:  # a pasted kubectl events row: canonical event text
+            event_type, _, _, message = record(got).text.split("\t", 3)
+            assert event_type in ("Warning", "Normal") and line.endswith(message), category
         else:
             assert record(got).line == line.encode(), category
     decode.flush()
