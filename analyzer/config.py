@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from analyzer.catalogue import parse_duration
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ANALYZER_", frozen=True, extra="ignore")
@@ -33,6 +35,11 @@ class Settings(BaseSettings):
     # A secret: a PostgreSQL DSN may carry a password (shown redacted, never in a repr or a log line).
     store_url: SecretStr = SecretStr("sqlite:///./analyzer.db")
     store_timeout: float = Field(default=10.0, gt=0, description="seconds any store call may take")
+    # Retention: settled incidents (quiet past resolve_after) older than this in stream time, with their aliases,
+    # and silences expired longer ago than this, are deleted in small batches. 30d, 12h, seconds; 0 keeps all.
+    retention: float = Field(default=30 * 86400.0, ge=0, description="e.g. 30d; 0 disables retention")
+    retention_interval: float = Field(default=600.0, gt=0, description="seconds between retention passes")
+    retention_batch: int = Field(default=500, ge=1, le=10_000, description="rows deleted per transaction")
 
     # Catalogue and incidents.
     patterns_dir: Path | None = None
@@ -40,6 +47,9 @@ class Settings(BaseSettings):
     allowed_lateness: float = Field(default=30.0, ge=0, description="seconds of out-of-order event time")
     max_keys_per_rule: int = Field(default=10_000, ge=1)
     startup_window: float = Field(default=60.0, gt=0, description="app-started-before-proxy window, seconds")
+    # Errors of mesh components that no rule knows become `unclassified` incidents (info, never alerted).
+    unclassified: bool = True
+    unclassified_max_templates: int = Field(default=500, ge=1, description="live templates; beyond: overflow")
 
     # HTTP API.
     http_host: str = "0.0.0.0"
@@ -50,6 +60,10 @@ class Settings(BaseSettings):
     api_read_token: SecretStr | None = None
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     max_body_bytes: int = 64 * 1024
+    # /v1/incidents/stream: open streams beyond this get 503; a stream polls the store at most once per
+    # stream_min_interval seconds whatever its `interval` asks.
+    max_streams: int = Field(default=100, ge=0, description="concurrent SSE streams; 0 refuses them all")
+    stream_min_interval: float = Field(default=1.0, gt=0, le=60, description="seconds between a stream's polls")
 
     # `serve` without a bootstrap starts the bundled local broker; feed it the demo stream (make run).
     demo: bool = True
@@ -63,6 +77,18 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("retention", "retention_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text in ("0", "off", "none"):
+                return 0.0
+            if text.replace(".", "", 1).isdigit():
+                return float(text)
+            return parse_duration(text)  # 30d, 12h, 90m, 30s
         return value
 
     @field_validator("kafka_topics")

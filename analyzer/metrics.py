@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from analyzer.types import Rule
+from analyzer.unclassified import COMPONENTS as UNCLASSIFIED_COMPONENTS
 
 # Every reason a record can be skipped for (decoders and the pipeline's cheap checks).
 REJECT_REASONS = ("empty", "too-large", "invalid-json", "invalid-utf8", "not-an-object", "missing-log", "partial")
 STAGES = ("match", "store", "total")
+RETENTION_KINDS = ("incidents", "aliases", "silences")
 
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -67,7 +70,43 @@ class Metrics:
             ["rule"],
             registry=registry,
         )
+        self.clamped = Counter(
+            "analyzer_event_time_clamped",
+            "Records whose event time was more than MAX_FUTURE past their Kafka time (a node clock ahead), "
+            "clamped to the Kafka time.",
+            registry=registry,
+        )
+        self.retention_deleted = Counter(
+            "analyzer_retention_deleted",
+            "Rows deleted by retention: resolved incidents (and their aliases) older than ANALYZER_RETENTION, "
+            "expired silences.",
+            ["kind"],
+            registry=registry,
+        )
+        self.streams = Gauge("analyzer_sse_streams", "Open /v1/incidents/stream responses.", registry=registry)
+        self.streams_refused = Counter(
+            "analyzer_sse_streams_refused", "Streams refused (503) at ANALYZER_MAX_STREAMS.", registry=registry
+        )
         self.ready = Gauge("analyzer_ready", "1 when consuming and the store is reachable.", registry=registry)
+        # The lane for errors no rule knows (analyzer/unclassified.py): by component, never by template.
+        self.unclassified = Counter(
+            "analyzer_unclassified_lines",
+            "Error lines of mesh components that no rule matched (unclassified incidents), by component.",
+            ["component"],
+            registry=registry,
+        )
+        self.unclassified_overflow = Counter(
+            "analyzer_unclassified_overflow_lines",
+            "Unclassified lines folded into the overflow template because the template limit was reached.",
+            ["component"],
+            registry=registry,
+        )
+        self.unclassified_templates = Gauge(
+            "analyzer_unclassified_templates", "Unclassified templates held in memory.", registry=registry
+        )
+        for component in UNCLASSIFIED_COMPONENTS:
+            self.unclassified.labels(component)
+            self.unclassified_overflow.labels(component)
         # Series exist from the start at 0: increase() and rate() miss a series whose first sample is already 1.
         for result in ("success", "failure"):
             self.reloads.labels(result)
@@ -75,6 +114,14 @@ class Metrics:
             self.rejected.labels(reason)
         for stage in STAGES:
             self.stage.labels(stage)
+        for kind in RETENTION_KINDS:
+            self.retention_deleted.labels(kind)
+
+    def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Forget the lag series of partitions this consumer no longer owns (another replica reports them)."""
+        for topic, partition in partitions:
+            with contextlib.suppress(KeyError):
+                self.lag.remove(topic, str(partition))
 
     def for_catalogue(self, rules: Iterable[Rule]) -> None:
         """Per-rule series at 0 for the running catalogue (called on load and reload)."""

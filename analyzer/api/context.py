@@ -12,6 +12,7 @@ from fastapi import HTTPException, status
 
 from analyzer.errors import StoreError
 from analyzer.types import Catalogue, Rule
+from analyzer.unclassified import with_rules
 
 if TYPE_CHECKING:
     from analyzer.service import Service
@@ -41,7 +42,8 @@ class ApiContext:
         if cached is None or cached[0] is not catalogue:
             cached = (catalogue, catalogue.by_id())
             self._rules_of = cached
-        return cached[1]
+        templates = self.service.holder.pipeline.unclassified  # and the unclassified templates known here
+        return with_rules(cached[1], templates.rules if templates is not None else None)
 
     async def store_call(self, call: Awaitable[T]) -> T:
         """A store call bounded by the store timeout; failures become 503, never a 500."""

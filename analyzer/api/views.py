@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from analyzer import unclassified
 from analyzer.api.commands import look_further
 from analyzer.api.params import to_datetime
 from analyzer.api.schemas import (
@@ -23,12 +24,26 @@ from analyzer.store import IncidentRow, Silence
 from analyzer.types import Category, Evidence, Rule, Severity
 
 
-def incident_item(row: IncidentRow, rules: Mapping[str, Rule]) -> IncidentItem:
+def _rule_of(row: IncidentRow, rules: Mapping[str, Rule]) -> Rule | None:
+    """The row's rule; an unclassified template this process does not know is re-derived from its evidence."""
     rule = rules.get(row.rule_id)
+    if rule is None and (row.head or row.tail) and unclassified.is_unclassified(row.rule_id):
+        rule = unclassified.rule_from_evidence(row.rule_id, [e.line for e in (*row.head, *row.tail)])
+    return rule
+
+
+def _title(row: IncidentRow, rule: Rule | None) -> str:
+    if rule is not None:
+        return rule.title
+    return unclassified.title_from_id(row.rule_id)  # the id itself for anything else
+
+
+def incident_item(row: IncidentRow, rules: Mapping[str, Rule]) -> IncidentItem:
+    rule = _rule_of(row, rules)
     return IncidentItem(
         id=row.id,
         rule=row.rule_id,
-        title=rule.title if rule else row.rule_id,
+        title=_title(row, rule),
         category=Category(row.category),
         severity=Severity(row.severity),
         status=row.status,
@@ -41,6 +56,7 @@ def incident_item(row: IncidentRow, rules: Mapping[str, Rule]) -> IncidentItem:
         acked=row.acked_at is not None,
         acked_by=row.acked_by,
         acked_at=None if row.acked_at is None else to_datetime(row.acked_at),
+        ack_comment=row.ack_comment,
         silenced=row.silenced,
     )
 
@@ -52,7 +68,7 @@ def evidence_of(row: IncidentRow) -> list[Evidence]:
 
 
 def incident_detail(row: IncidentRow, rules: Mapping[str, Rule], language: str) -> IncidentDetail:
-    rule = rules.get(row.rule_id)
+    rule = _rule_of(row, rules)
     evidence = evidence_of(row)
     return IncidentDetail(
         **incident_item(row, rules).model_dump(),

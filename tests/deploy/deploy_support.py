@@ -37,6 +37,9 @@ METRICS: dict[str, str] = {
     "analyzer_live_intervals": "gauge",
     "analyzer_incident_keys_overflow_total": "counter",
     "analyzer_ready": "gauge",
+    "analyzer_unclassified_lines_total": "counter",
+    "analyzer_unclassified_overflow_lines_total": "counter",
+    "analyzer_unclassified_templates": "gauge",
 }
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')

@@ -1,0 +1,116 @@
+"""Which raw records can be error/critical/fatal lines: a cheap screen for the unclassified lane.
+
+The catalogue prefilter only flags records holding a rule's literal, so an error no rule knows is never
+decoded. This database flags the level words in every form a mesh component writes them, raw (Fluent Bit's
+JSON escapes TAB as ``\\t`` or ``\\u0009`` and ``"`` as ``\\"``) or decoded: zap/ztunnel text
+(``<time>\\terror\\t``, or spaces where a paste lost the tabs), JSON (``"level":"error"``, nested or
+merged), Envoy's native ``][critical][`` and klog's ``E0102 15:04:05`` head. Every expression is led by a
+literal, so the scan runs at literal speed; a hit is only a candidate: the lane decodes it and reads the
+normalised level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import hyperscan
+
+from analyzer.match.compiler import CompiledCatalogue
+from analyzer.match.scanner import IndexArray, scan_batches
+
+_WORD = "(?:error|fatal|critical)"
+LEVEL_EXPRESSIONS: tuple[str, ...] = (
+    rf"\t{_WORD}\t",  # zap / ztunnel text (and CRI or plain records, whose TABs are raw)
+    rf"\\t{_WORD}\\t",  # the same inside a JSON string
+    rf"\\u0009{_WORD}\\u0009",
+    rf"level\\?\": ?\\?\"(?:{_WORD}|ERROR|FATAL|CRITICAL)\\?\"",  # JSON lines: plain, nested, merged
+    r"\]\[(?:error|critical)\]\[",  # Envoy's native format
+    rf"[0-9][Zz] {{1,16}}{_WORD} ",  # zap text pasted with spaces for tabs (files given to `scan`)
+    r"(?:^|log\\?\":\\?\"|message\\?\":\\?\"| [FP] )[EF][01][0-9][0-3][0-9] [0-2][0-9]:",  # klog header
+)
+
+
+class LevelPrefilter:
+    """Indices of the records (raw or decoded lines) that carry an error-level word."""
+
+    def __init__(self, expressions: Sequence[str] = LEVEL_EXPRESSIONS) -> None:
+        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        db.compile(
+            expressions=[e.encode() for e in expressions],
+            ids=list(range(len(expressions))),
+            elements=len(expressions),
+            flags=[hyperscan.HS_FLAG_MULTILINE] * len(expressions),
+        )
+        db.scratch = hyperscan.Scratch(db)
+        self._db = db
+
+    def __call__(self, records: Sequence[bytes]) -> IndexArray:
+        return scan_batches(self._db, records)
+
+
+def _level_literals() -> tuple[bytes, ...]:
+    """The level words as they appear in raw Kafka records: Fluent Bit JSON (TAB as ``\\t`` or ``\\u0009``,
+    nested quotes as ``\\"``), JSON lines merged into the record, CRI lines with raw TABs."""
+    out: list[bytes] = []
+    for word in (b"error", b"fatal", b"critical"):
+        out += [b"\t" + word + b"\t", b"\\t" + word + b"\\t", b"\\u0009" + word + b"\\u0009"]
+    for word in (b"error", b"fatal", b"critical", b"ERROR", b"FATAL", b"CRITICAL"):
+        out += [b'"level":"' + word + b'"', b'\\"level\\":\\"' + word + b'\\"']
+    out += [b"][error][", b"][critical]["]
+    for head in (b"E0", b"E1", b"F0", b"F1"):  # klog's "Lmmdd" as the first characters of the line
+        out += [b'"log":"' + head, b'"message":"' + head, b" F " + head, b" P " + head]
+    return tuple(out)
+
+
+LEVEL_LITERALS = _level_literals()
+
+
+class CombinedPrefilter:
+    """The catalogue's literal prefilter and the level literals in one database: one scan per batch.
+
+    A record it flags may hold a rule's literal, a level word, or both; the pipeline decodes it either way
+    (error lines are few). Build it only when the catalogue has a literal prefilter (``compiled.prefilter``).
+    """
+
+    def __init__(self, compiled: CompiledCatalogue) -> None:
+        # The forms the catalogue's prefilter looks for (a literal with a quote also JSON-escaped).
+        merged = sorted(set(compiled.prefilter_forms) | {(lit, False) for lit in LEVEL_LITERALS})
+        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        db.compile(
+            expressions=[lit for lit, _ in merged],
+            ids=list(range(len(merged))),
+            elements=len(merged),
+            flags=[hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in merged],
+            literal=True,
+        )
+        db.scratch = hyperscan.Scratch(db)
+        self._db = db
+
+    def __call__(self, records: Sequence[bytes]) -> IndexArray:
+        return scan_batches(self._db, records)
+
+
+def _stop(_id: int, _from: int, _to: int, _flags: int, found: Any) -> None:
+    found.append(True)
+
+
+class LevelWords:
+    """The level literals, one record at a time: which of the combined prefilter's candidates hold one."""
+
+    def __init__(self) -> None:
+        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        db.compile(
+            expressions=list(LEVEL_LITERALS),
+            ids=list(range(len(LEVEL_LITERALS))),
+            elements=len(LEVEL_LITERALS),
+            flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(LEVEL_LITERALS),
+            literal=True,
+        )
+        db.scratch = hyperscan.Scratch(db)
+        self._db = db
+
+    def __call__(self, record: bytes) -> bool:
+        found: list[bool] = []
+        self._db.scan(record, match_event_handler=_stop, context=found)
+        return bool(found)
