@@ -103,7 +103,7 @@ async def fill_store(url: str, intervals: Sequence[Interval], rules: Mapping[str
         chunk = 5000
         for i in range(0, len(intervals), chunk):
             part = tuple(intervals[i : i + chunk])
-            await store.commit_batch("bench-fill", Changes(upserts=part, stream_time=now), [], rules)
+            await store.commit_batch("bench-fill", Changes(merges=part, stream_time=now), [], rules)
     finally:
         await store.close()
     return time.perf_counter() - t0

@@ -1,4 +1,7 @@
-"""Incident core: keys, the interval merge, derived status, stream time and the live tracker."""
+"""Incident core: keys, the interval merge, derived status and stream time.
+
+The order-, batch- and partition-invariance of the whole fold (pipeline + store, with acks and silences) is
+shown end to end in tests/store/test_pipeline_store.py."""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from analyzer.incidents import (
     EVIDENCE_LINES,
     MAX_EVIDENCE_CHARS,
     MAX_PODS,
-    IncidentTracker,
     StreamClock,
     fold,
     key_for,
@@ -27,7 +29,6 @@ from analyzer.incidents import (
 )
 from analyzer.types import (
     Category,
-    Changes,
     Component,
     Evidence,
     Expression,
@@ -85,14 +86,6 @@ KEY_B = IncidentKey("c1", "ns", "b")
 
 def occ(rule_id: str, key: IncidentKey, time: float, line: str = "err", pod: str | None = None) -> Occurrence:
     return Occurrence(rule_id, key, time, Evidence(time, line, pod, None))
-
-
-def apply(store: dict[str, Interval], changes: Changes) -> None:
-    assert not set(changes.deletes) & {u.id for u in changes.upserts}
-    for d in changes.deletes:
-        store.pop(d, None)
-    for u in changes.upserts:
-        store[u.id] = u
 
 
 def _order(i: Interval) -> tuple[str, str, str, str, float]:
@@ -394,283 +387,3 @@ def test_stream_clock_clamps_far_future_event_times() -> None:
     assert clock.now() == T0 + 170
     clock.observe(float("nan"))
     assert clock.now() == T0 + 170
-
-
-# --- the tracker -------------------------------------------------------------------------------------
-
-
-def tracker_for(rules: Iterable[Rule], wall: FakeWall, lateness: float = 30.0, **kw: int) -> IncidentTracker:
-    return IncidentTracker({r.id: r for r in rules}, StreamClock(wall, lateness), **kw)
-
-
-def test_tracker_merges_and_bridges_with_deletes_for_replaced_ids() -> None:
-    wall = FakeWall(T0 + 1000)
-    t = tracker_for([make_rule("r", resolve_after=10)], wall)
-    store: dict[str, Interval] = {}
-
-    t.add([occ("r", KEY_A, T0 + 100), occ("r", KEY_A, T0 + 105)])
-    ch = t.changes()
-    assert ch.deletes == ()
-    (first,) = ch.upserts
-    assert (first.first_seen, first.last_seen, first.count) == (T0 + 100, T0 + 105, 2)
-    apply(store, ch)
-
-    t.add([occ("r", KEY_A, T0 + 130)])  # separate interval
-    apply(store, t.changes())
-    assert len(store) == 2
-
-    t.add([occ("r", KEY_A, T0 + 114)])  # extends the first: same first_seen, same id
-    ch = t.changes()
-    assert ch.deletes == ()
-    assert [u.id for u in ch.upserts] == [first.id]
-    apply(store, ch)
-
-    t.add([occ("r", KEY_A, T0 + 122)])  # bridges both: the later one's id is replaced
-    ch = t.changes()
-    later = next(i for i in store.values() if i.first_seen == T0 + 130)
-    assert ch.deletes == (later.id,)
-    apply(store, ch)
-
-    t.add([occ("r", KEY_A, T0 + 95)])  # earlier first_seen: a new id replaces the old
-    ch = t.changes()
-    assert ch.deletes == (first.id,)
-    apply(store, ch)
-    (final,) = store.values()
-    assert (final.first_seen, final.last_seen, final.count) == (T0 + 95, T0 + 130, 6)
-    assert t.live_count() == 1
-    assert t.changes() == Changes((), (), t.stream_time)
-
-
-def test_tracker_batch_folds_at_exactly_resolve_after_and_keeps_both_ends() -> None:
-    t = tracker_for([make_rule("r", resolve_after=10)], FakeWall(T0 + 1000))
-    batch = [occ("r", KEY_A, T0 + 10 * n, f"line {n}") for n in range(8)] + [occ("r", KEY_A, T0 + 80.5, "late")]
-    t.add(reversed(batch))
-    first, second = t.changes().upserts
-    assert (first.first_seen, first.last_seen, first.count) == (T0, T0 + 70, 8)
-    assert [e.line for e in first.head] == [f"line {n}" for n in range(5)]
-    assert [e.line for e in first.tail] == [f"line {n}" for n in range(3, 8)]
-    assert (second.first_seen, second.count) == (T0 + 80.5, 1)
-    t.add([occ("r", KEY_A, T0 + 90.5)])  # exactly resolve_after after the second, across batches
-    (extended,) = t.changes().upserts
-    assert (extended.id, extended.count) == (second.id, 2)
-    t.add([occ("r", KEY_A, T0 + 100.6)])
-    assert [u.count for u in t.changes().upserts] == [1]
-
-
-def test_tracker_stream_time_follows_the_latest_event_of_a_batch() -> None:
-    t = tracker_for([make_rule("r")], FakeWall(T0 + 1000), lateness=30)
-    t.add([occ("r", KEY_A, T0 + 50), occ("r", KEY_A, T0 + 90), occ("r", KEY_A, T0 + 10)])
-    assert t.stream_time == T0 + 60
-    assert t.changes().stream_time == T0 + 60
-
-
-def test_tracker_late_data_after_eviction_keeps_every_count() -> None:
-    wall = FakeWall(T0 + 100)
-    t = tracker_for([make_rule("r", resolve_after=10)], wall, lateness=30)
-    t.add([occ("r", KEY_A, T0 + 5)])
-    t.add([occ("r", KEY_A, T0)])  # replaces the interval starting at T0+5 with one starting at T0
-    wall.now = T0 + 1000  # quiet: stream time moves on and the interval settles
-    assert t.evict() == 1
-    t.add([occ("r", KEY_A, T0 + 5)])  # far too late: a new interval, with the id deleted above
-    store: dict[str, Interval] = {}
-    apply(store, t.changes())
-    assert sorted((i.first_seen, i.count) for i in store.values()) == [(T0, 2), (T0 + 5, 1)]
-
-
-def test_tracker_rejects_unknown_rules() -> None:
-    t = tracker_for([make_rule("r")], FakeWall(T0))
-    with pytest.raises(KeyError):
-        t.add([occ("nope", KEY_A, T0)])
-
-
-def test_tracker_overflow_key_caps_memory_and_counts() -> None:
-    t = tracker_for([make_rule("r"), make_rule("s")], FakeWall(T0), max_keys_per_rule=2)
-    keys = [IncidentKey("c1", "ns", f"w{i}") for i in range(5)]
-    t.add([occ("r", k, T0) for k in keys] + [occ("r", keys[0], T0 + 1), occ("s", keys[4], T0)])
-    by_key = {(u.rule_id, u.key): u for u in t.changes().upserts}
-    overflow = IncidentKey("c1", "-", "(overflow)")
-    assert set(by_key) == {("r", keys[0]), ("r", keys[1]), ("r", overflow), ("s", keys[4])}
-    assert by_key["r", overflow].count == 3
-    assert by_key["r", keys[0]].count == 2
-    assert t.overflowed == {"r": 3}
-    assert sum(u.count for u in by_key.values()) == 7  # nothing dropped
-
-
-def test_tracker_restore_then_continue() -> None:
-    wall = FakeWall(T0 + 10_000)
-    rules = [make_rule("r", resolve_after=10)]
-    before = tracker_for(rules, wall)
-    before.add([occ("r", KEY_A, T0), occ("r", KEY_A, T0 + 5), occ("r", KEY_A, T0 + 22)])
-    stored = {i.id: i for i in before.changes().upserts}
-
-    after = tracker_for(rules, wall)
-    unknown = Interval("gone", KEY_A, T0, T0, 1, (), ())
-    after.restore([*stored.values(), unknown])
-    assert after.live_count() == 2
-    assert after.changes().upserts == ()  # restoring changes nothing by itself
-    # the clock resumes from the restored data, not from the wall: evicting now keeps what a replay extends
-    assert after.stream_time == T0 + 22 - 30
-    assert after.evict() == 0
-
-    after.add([occ("r", KEY_A, T0 + 14)])  # bridges the two restored intervals
-    ch = after.changes()
-    apply(stored, ch)
-    (merged,) = stored.values()
-    assert merged.count == 4
-    assert (merged.first_seen, merged.last_seen) == (T0, T0 + 22)
-
-
-def test_tracker_restore_merges_touching_intervals_and_reports_it() -> None:
-    t = tracker_for([make_rule("r", resolve_after=10)], FakeWall(T0))
-    a = singleton(occ("r", KEY_A, T0))
-    b = singleton(occ("r", KEY_A, T0 + 8))
-    t.restore([a, b, a])  # a twice: already live, not double counted
-    ch = t.changes()
-    assert ch.deletes == (b.id,)
-    assert [(u.id, u.count) for u in ch.upserts] == [(a.id, 2)]
-
-
-# --- the seed scenario: istiod cannot reach the API server -----------------------------------------
-
-
-SEED = make_rule("istiod-apiserver-unreachable", component=Component.ISTIOD, transient=300, resolve_after=600)
-ISTIOD = IncidentKey("c1", "istio-system", "istiod")
-
-
-def live_feed(times: Sequence[float]) -> tuple[IncidentTracker, FakeWall, list[tuple[float, Status]]]:
-    """Feed each error as it happens (wall = event time) and note the status seen after each one."""
-    wall = FakeWall(times[0])
-    tracker = tracker_for([SEED], wall)
-    seen = []
-    for time in times:
-        wall.now = time
-        tracker.add([occ(SEED.id, ISTIOD, time, "Failed to watch: connect: connection refused")])
-        (interval,) = tracker.live_intervals()
-        seen.append((time, status(interval, SEED, tracker.stream_time)))
-    return tracker, wall, seen
-
-
-def status_at(tracker: IncidentTracker, wall: FakeWall, at: float) -> Status:
-    wall.now = at
-    (interval,) = tracker.live_intervals()
-    return status(interval, SEED, tracker.stream_time)
-
-
-def test_seed_burst_during_apiserver_restart_is_suppressed() -> None:
-    burst = [T0 + s for s in range(0, 61, 5)]
-    tracker, wall, seen = live_feed(burst)
-    assert {s for _, s in seen} == {Status.PENDING}
-    assert status_at(tracker, wall, T0 + 200) is Status.PENDING  # stream time T0+170: inside the window
-    assert status_at(tracker, wall, T0 + 331) is Status.SUPPRESSED  # window over, it had stopped
-    assert status_at(tracker, wall, T0 + 600) is Status.SUPPRESSED
-    assert tracker.evict() == 0  # not settled yet: it could still come back and escalate
-    wall.now = T0 + 60 + 600 + 30  # quiet for resolve_after at stream time
-    (interval,) = tracker.live_intervals()
-    assert status(interval, SEED, tracker.stream_time) is Status.SUPPRESSED  # settled, never alerted
-    assert tracker.evict() == 1
-    assert tracker.live_count() == 0
-    (final,) = tracker.changes().upserts
-    assert final.count == len(burst)
-    assert status(final, SEED, tracker.stream_time + 86_400) is Status.SUPPRESSED
-
-
-def test_seed_recurring_errors_escalate_then_resolve() -> None:
-    recurring = [T0 + s for s in range(0, 8 * 60 + 1, 20)]
-    tracker, wall, seen = live_feed(recurring)
-    assert [t for t, s in seen if s is Status.PENDING] == [t for t in recurring if t - T0 < 300]
-    assert [t for t, s in seen if s is Status.OPEN] == [t for t in recurring if t - T0 >= 300]
-    last = recurring[-1]
-    assert status_at(tracker, wall, last + 600) is Status.OPEN  # stream time last + 570
-    assert tracker.evict() == 0
-    assert status_at(tracker, wall, last + 630) is Status.RESOLVED
-    assert tracker.evict() == 1
-    (final,) = tracker.changes().upserts
-    assert final.count == len(recurring)
-    assert (final.first_seen, final.last_seen) == (T0, last)
-
-
-# --- the property: same occurrences, any order, any batches, any partitioning -> same incidents ----
-
-RULES = (make_rule("r", resolve_after=10), make_rule("q", transient=15, resolve_after=25))
-KEYS = (KEY_A, KEY_B, IncidentKey("c2", "ns", "a"))
-
-
-def run_trackers(
-    batches: Sequence[Sequence[Occurrence]], partitions: int, evict: bool, lateness: float, flush_every: int = 1
-) -> list[Interval]:
-    """Feed batches to trackers (keys partitioned over them), applying their changes to one store."""
-    wall = FakeWall(T0 + 1_000_000)  # fixed: stream time is the watermark
-    trackers = [tracker_for(RULES, wall, lateness) for _ in range(partitions)]
-    store: dict[str, Interval] = {}
-    for number, batch in enumerate(batches, start=1):
-        for n, tracker in enumerate(trackers):
-            tracker.add([o for o in batch if KEYS.index(o.key) % partitions == n])
-            if evict:
-                tracker.evict()
-            if number % flush_every == 0:
-                apply(store, tracker.changes())
-    for tracker in trackers:
-        apply(store, tracker.changes())
-    return sorted(store.values(), key=_order)
-
-
-def split(items: list[Occurrence], cuts: list[int]) -> list[list[Occurrence]]:
-    bounds = sorted({c % (len(items) + 1) for c in cuts} | {0, len(items)})
-    return [items[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-@st.composite
-def timed_occurrences(draw: st.DrawFn) -> Occurrence:
-    ev = draw(evidence_st)
-    # denser than ``times``: long runs within one batch, gaps of exactly 10 and 25 often
-    ev = Evidence(T0 + ev.time % 80, ev.line, ev.pod, ev.container)
-    return Occurrence(draw(st.sampled_from([r.id for r in RULES])), draw(st.sampled_from(KEYS)), ev.time, ev)
-
-
-def expected_incidents(occs: Sequence[Occurrence]) -> list[Interval]:
-    singles = [singleton(o) for o in occs]
-    out = [i for r in RULES for i in fold([s for s in singles if s.rule_id == r.id], r.resolve_after)]
-    expected = sorted(out, key=_order)
-    assert expected == reference_fold(occs, {r.id: r.resolve_after for r in RULES})
-    return expected
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(timed_occurrences(), min_size=1, max_size=60),
-    st.lists(st.integers(min_value=0, max_value=60), max_size=8),
-    st.sampled_from([1, 2]),
-    st.sampled_from([1, 2, 3]),
-    st.randoms(use_true_random=False),
-)
-def test_any_order_batches_and_partitioning_give_the_same_incidents(
-    occs: list[Occurrence], cuts: list[int], partitions: int, flush_every: int, rnd: random.Random
-) -> None:
-    arrival = occs[:]
-    rnd.shuffle(arrival)
-    got = run_trackers(split(arrival, cuts), partitions, evict=False, lateness=30, flush_every=flush_every)
-    assert got == expected_incidents(occs)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.tuples(timed_occurrences(), st.floats(min_value=0, max_value=29.5)), min_size=1, max_size=60),
-    st.lists(st.integers(min_value=0, max_value=60), max_size=8),
-    st.sampled_from([1, 2]),
-    st.sampled_from([1, 2]),
-)
-def test_eviction_is_safe_for_data_within_the_allowed_lateness(
-    jittered: list[tuple[Occurrence, float]], cuts: list[int], partitions: int, flush_every: int
-) -> None:
-    # Arrival out of order by less than the allowed lateness (30s), evicting after every batch.
-    arrival = [o for o, _ in sorted(jittered, key=lambda p: p[0].time + p[1])]
-    got = run_trackers(split(arrival, cuts), partitions, evict=True, lateness=30, flush_every=flush_every)
-    assert got == expected_incidents(arrival)
-
-
-def test_eviction_happens_and_late_data_beyond_lateness_starts_a_new_interval() -> None:
-    # The documented limit, shown so nobody mistakes it for the property above.
-    occs = [occ("r", KEY_A, T0), occ("r", KEY_A, T0 + 100), occ("r", KEY_A, T0 + 5)]
-    got = run_trackers([[o] for o in occs], 1, evict=True, lateness=30)
-    assert [(i.first_seen, i.count) for i in got] == [(T0, 1), (T0 + 5, 1), (T0 + 100, 1)]
-    assert expected_incidents(occs) != got

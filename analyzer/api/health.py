@@ -1,4 +1,4 @@
-"""/healthz (process up), /readyz (consuming and store reachable), /metrics (Prometheus text format)."""
+"""/healthz (process up), /readyz (consuming, store reachable and writable), /metrics (Prometheus text format)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,12 @@ def build_router(ctx: ApiContext) -> APIRouter:
     @router.get(
         "/readyz",
         response_model=Readiness,
-        responses={503: {"model": Readiness, "description": "not consuming or store unreachable"}},
+        responses={503: {"model": Readiness, "description": "not consuming, store unreachable or its writes failing"}},
     )
     async def readyz() -> JSONResponse:
-        """Consuming from Kafka and the store is reachable."""
+        """Consuming from Kafka, the store is reachable, and its last write succeeded. From cached state (a
+        background store probe, the consumer's and the store's flags): answers within a second, never behind a
+        batch write."""
         ok, detail = await service.ready()
         body: dict[str, Any] = {"status": "ready" if ok else "not ready", **detail}
         return JSONResponse(body, status_code=200 if ok else 503)

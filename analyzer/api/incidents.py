@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import math
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
+import orjson
 import structlog
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +24,7 @@ from analyzer.api.context import ApiContext
 from analyzer.api.params import MAX_EPOCH, MIN_EPOCH, negotiate_language, parse_time
 from analyzer.api.schemas import MAX_NAME, AckRequest, IncidentDetail, IncidentItem, IncidentPageOut, Problem
 from analyzer.api.views import incident_detail, incident_item
+from analyzer.incidents import status_of
 from analyzer.store import IncidentPage, IncidentQuery, IncidentRow
 from analyzer.types import Category, Severity, Status
 
@@ -149,6 +156,64 @@ def changed_rows(rows: Iterable[IncidentRow], seen: dict[str, _Seen]) -> list[In
     return out
 
 
+STREAM_RETRY_AFTER = 5  # seconds a refused stream is told to wait
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a stream's client is: it has every incident as of this point. An event's ``id:``, opaque."""
+
+    written: float  # the database clock before the poll: rows written (updated_at) later are news
+    stream_time: float  # the stream time statuses were derived at
+    silences: str  # signature of the active silences before the poll
+
+
+def encode_event_id(p: Position) -> str:
+    raw = orjson.dumps([p.written, p.stream_time, p.silences])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_event_id(value: str | None) -> Position | None:
+    """The position an event id names; None for no id, "0", or anything that is not one of ours."""
+    if not value or value == "0":
+        return None
+    try:
+        raw = orjson.loads(base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        return None
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 3
+        or not all(type(x) in (int, float) and math.isfinite(x) for x in raw[:2])
+        or not isinstance(raw[2], str)
+    ):
+        return None
+    return Position(float(raw[0]), float(raw[1]), raw[2])
+
+
+def resumed_rows(
+    rows: Iterable[IncidentRow], since: Position, silences: str, margin: float, seen: dict[str, _Seen]
+) -> list[IncidentRow]:
+    """The first poll after a reconnect: the rows that changed since ``since`` (``seen`` is set to the page).
+
+    A merge or an ack stamps the row's updated_at with the database clock; a write that committed after the
+    position was taken may carry an earlier stamp (its statement ran first), so ``margin`` (longer than any
+    write transaction) reaches back: a few rows may come twice, none is missed. A status is derived, so it
+    changed iff it differs at the two stream times. When the set of active silences changed (one was added or
+    expired) any silenced flag may have, and every row is sent.
+    """
+    everything = silences != since.silences
+    out: list[IncidentRow] = []
+    seen.clear()
+    for row in rows:
+        seen[row.id] = _Seen.of(row)
+        then = status_of(row.first_seen, row.last_seen, row.transient, row.resolve_after, since.stream_time)
+        if everything or row.updated_at > since.written - margin or then is not row.status:
+            out.append(row)
+    out.reverse()
+    return out
+
+
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
     service = ctx.service
@@ -174,10 +239,45 @@ def build_router(ctx: ApiContext) -> APIRouter:
         rules = ctx.rules()
         return IncidentPageOut(items=[incident_item(r, rules) for r in result.items], next_cursor=result.next_cursor)
 
+    async def stream_slot() -> AsyncIterator[None]:
+        """Holds one of ANALYZER_MAX_STREAMS for the life of the response; 503 beyond the cap."""
+        cap = service.settings.max_streams
+        if ctx.active_streams >= cap:
+            service.metrics.streams_refused.inc()
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"too many open incident streams (ANALYZER_MAX_STREAMS={cap}); retry later or poll /v1/incidents",
+                headers={"Retry-After": str(STREAM_RETRY_AFTER)},
+            )
+        ctx.active_streams += 1
+        service.metrics.streams.set(ctx.active_streams)
+        try:
+            yield
+        finally:
+            ctx.active_streams -= 1
+            service.metrics.streams.set(ctx.active_streams)
+
+    async def silence_signature() -> str:
+        """Names the set of active silences: when it differs from a resume point's, any silenced flag may have."""
+        active = await ctx.store_call(service.store.list_silences(ctx.wall()))
+        return hashlib.sha256("\x1f".join(sorted(s.id for s in active)).encode()).hexdigest()[:12]
+
     @router.get(
         "/stream",
         response_class=EventSourceResponse,
-        responses={200: {"description": "`incident` events (data: an incident item); `: keepalive` comments"}},
+        dependencies=[Depends(stream_slot)],
+        responses={
+            200: {
+                "description": "`incident` events (data: an incident item); `merged` events (data: `id` and "
+                "`merged_into`, for an incident a late line bridged into an older one); `: keepalive` comments. "
+                "Every event has an `id:`; a client that reconnects with it as `Last-Event-ID` gets only the "
+                "incidents that changed since (new lines, status, ack, silence), not the whole page again"
+            },
+            503: {
+                "description": "ANALYZER_MAX_STREAMS streams are open already (Retry-After)",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            },
+        },
     )
     async def stream_incidents(
         request: Request,
@@ -185,42 +285,104 @@ def build_router(ctx: ApiContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="newest incidents watched per poll")] = 100,
         once: Annotated[bool, Query(description="send the current incidents, then end the stream")] = False,
         max_seconds: Annotated[float | None, Query(gt=0, le=86400, description="end the stream after this")] = None,
-        interval: Annotated[float, Query(ge=0.05, le=60, description="seconds between polls of the store")] = 1.0,
+        interval: Annotated[
+            float,
+            Query(
+                ge=0.05,
+                le=60,
+                description="seconds between polls of the store; raised to ANALYZER_STREAM_MIN_INTERVAL "
+                "(default 1) when smaller",
+            ),
+        ] = 1.0,
         keepalive: Annotated[float, Query(ge=0.1, le=15, description="seconds of silence before a comment")] = 15.0,
+        last_event_id: Annotated[
+            str | None,
+            Header(
+                max_length=MAX_CURSOR,
+                description="resume: the id of the last event received (EventSource "
+                "sends it on reconnect); an id that is not one of ours starts afresh",
+            ),
+        ] = None,
     ) -> AsyncIterator[ServerSentEvent]:
         """Server-sent events: the current incidents first, then each new or changed one (count, last seen,
-        status, ack, silence) as it happens. Polls the store; ends when the client goes away."""
+        status, ack, silence) as it happens, and `merged` when one was merged into another. Polls the store
+        (at most once per ANALYZER_STREAM_MIN_INTERVAL); ends when the client goes away. With `Last-Event-ID`
+        the first poll sends only what changed since that event."""
         loop = asyncio.get_running_loop()
+        every = max(interval, service.settings.stream_min_interval)
         deadline = None if max_seconds is None else loop.time() + max_seconds
-        seen: dict[str, _Seen] = {}
+        seen: dict[str, _Seen] = {}  # bounded: the rows of the last page (at most ``limit``)
+        position = decode_event_id(last_event_id)  # what the client is known to have; None: nothing
+        resuming = position is not None
+        # Longer than a write transaction can stay open between its clock stamp and its commit (store calls are
+        # bounded by the store timeout; PostgreSQL's statement and idle-in-transaction timeouts are below it).
+        margin = service.settings.store_timeout + 1.0
         last_sent = loop.time()
-        ctx.active_streams += 1
-        try:
-            while True:
+        next_poll = loop.time()
+        while True:
+            now = loop.time()
+            if now >= next_poll:
+                next_poll = now + every
                 try:
-                    result = await page(filters, limit, None)
+                    # Read before the page, so the position an event names never claims more than was sent.
+                    signature = await silence_signature()
+                    written = await ctx.store_call(service.store.clock())
+                    stream_time = await service.stream_time()
+                    query = filters.query(limit=limit, cursor=None, stream_time=stream_time, now=ctx.wall())
+                    result = await ctx.store_call(service.store.list_incidents(query))
                 except HTTPException as exc:
                     yield ServerSentEvent(event="error", data={"detail": exc.detail})
                     last_sent = loop.time()
                 else:
                     rules = ctx.rules()
-                    for row in changed_rows(result.items, seen):
-                        yield ServerSentEvent(event="incident", data=incident_item(row, rules).model_dump(mode="json"))
+                    before = set(seen)
+                    merged: dict[str, str] = {}
+                    if resuming and position is not None:
+                        changed = resumed_rows(result.items, position, signature, margin, seen)
+                        since = position.written - margin
+                        with contextlib.suppress(HTTPException):  # then the client misses no incident, only merges
+                            merged = await ctx.store_call(service.store.aliases_since(since, limit))
+                        resuming = False
+                    else:
+                        changed = changed_rows(result.items, seen)
+                    events: list[ServerSentEvent] = [
+                        ServerSentEvent(event="incident", data=incident_item(row, rules).model_dump(mode="json"))
+                        for row in changed
+                    ]
+                    # An incident that left the page either fell off its end or was merged into another.
+                    gone = sorted(before - set(seen))
+                    if gone:
+                        with contextlib.suppress(HTTPException):  # the next page's error event says it
+                            merged = await ctx.store_call(service.store.aliases(gone))
+                    events.extend(
+                        ServerSentEvent(event="merged", data={"id": alias, "merged_into": target})
+                        for alias, target in sorted(merged.items())
+                    )
+                    if events:
+                        # Every event names a point to resume from; only the poll's last one names this poll,
+                        # so a client cut off in the middle of a poll gets the rest of it again.
+                        current = Position(written=written, stream_time=stream_time, silences=signature)
+                        earlier = encode_event_id(position) if position is not None else "0"
+                        for k, event in enumerate(events):
+                            event.id = encode_event_id(current) if k == len(events) - 1 else earlier
+                            yield event
+                        position = current
                         last_sent = loop.time()
-                if once or await request.is_disconnected():
+                if once:
                     return
-                now = loop.time()
-                if deadline is not None and now >= deadline:
-                    return
-                if now - last_sent >= keepalive:
-                    yield ServerSentEvent(comment="keepalive")
-                    last_sent = now
-                pause = min(interval, keepalive - (now - last_sent))
-                if deadline is not None:
-                    pause = min(pause, deadline - now)
-                await asyncio.sleep(max(pause, 0.0))
-        finally:
-            ctx.active_streams -= 1
+            if await request.is_disconnected():
+                return
+            now = loop.time()
+            if deadline is not None and now >= deadline:
+                return
+            if now - last_sent >= keepalive:
+                yield ServerSentEvent(comment="keepalive")
+                last_sent = now
+            # Wake for the next poll or the next keep-alive, whichever comes first; keep-alives never poll.
+            pause = min(next_poll - now, keepalive - (now - last_sent))
+            if deadline is not None:
+                pause = min(pause, deadline - now)
+            await asyncio.sleep(max(pause, 0.0))
 
     @router.get("/{incident_id}", response_model=IncidentDetail, responses={404: {"model": Problem}})
     async def get_incident(
@@ -247,14 +409,15 @@ def build_router(ctx: ApiContext) -> APIRouter:
     ) -> IncidentItem:
         """Acknowledge an incident (it stays listed and counted). Needs the API token."""
         by = body.by if body and body.by else caller
-        found = await ctx.store_call(service.store.ack(incident_id, by, ctx.wall()))
+        comment = body.comment if body else None
+        found = await ctx.store_call(service.store.ack(incident_id, by, ctx.wall(), comment))
         if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
-        log.info("incident acknowledged", incident=incident_id, by=by, comment=body.comment if body else None)
+        log.info("incident acknowledged", incident=incident_id, by=by, comment=comment)
         stream_time = await service.stream_time()
         row = await ctx.store_call(service.store.get_incident(incident_id, stream_time, now=ctx.wall()))
-        if row is None:  # merged away between the two calls
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"incident {incident_id!r} was merged into another")
+        if row is None:  # a merge never removes an id (it becomes an alias): only retention can
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
         return incident_item(row, ctx.rules())
 
     return router

@@ -54,6 +54,7 @@ class IncidentItem(BaseModel):
     acked: bool
     acked_by: str | None = None
     acked_at: datetime | None = None
+    ack_comment: str | None = Field(default=None, description="the comment given with the ack")
     silenced: bool = Field(description="an unexpired silence matches; silenced incidents are still counted")
 
 

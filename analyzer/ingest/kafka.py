@@ -26,12 +26,15 @@ from analyzer.metrics import Metrics
 from analyzer.pipeline import Pipeline
 from analyzer.store import Store
 from analyzer.types import Changes, OffsetUpdate, Rule
+from analyzer.unclassified import with_rules
 
 log = structlog.get_logger("analyzer.ingest")
 
 PROBE_INTERVAL = 5.0  # seconds between broker probes (end offsets: lag and readiness)
 IDLE_STREAM_WRITE = 2.0  # seconds between stream-time writes while the topic is quiet
 COMMIT_TIMEOUT = 5.0
+STORE_BACKOFF_MIN = 0.5  # pause after a failed store write, doubling per failure up to the max
+STORE_BACKOFF_MAX = 2.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -68,6 +71,7 @@ class KafkaIngest:
         self._batches = 0
         self._last_stream_write = 0.0
         self._last_probe = 0.0
+        self._store_backoff = 0.0  # seconds slept after the last failed write; 0 while writes succeed
 
     # -- readiness ------------------------------------------------------------------------------------------
 
@@ -80,6 +84,8 @@ class KafkaIngest:
     def forget(self, partitions: Any) -> None:
         for tp in partitions:
             self._book.pop(tp, None)
+        # A revoked partition's lag is no longer ours to report: a frozen series would sum with the new owner's.
+        self.metrics.drop_partitions((tp.topic, tp.partition) for tp in partitions)
 
     async def seek_stored(self, partitions: Any, fallback: Mapping[TopicPartition, int] | None = None) -> None:
         consumer = self._consumer
@@ -156,7 +162,7 @@ class KafkaIngest:
                 await self._loop(consumer, stop)
             finally:
                 self._consumer = None
-                self._book.clear()
+                self.forget(list(self._book))  # and their lag series: this consumer owns nothing now
                 await _close(consumer)
 
     async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
@@ -231,6 +237,7 @@ class KafkaIngest:
         stream_time = self.clock.now()
         changes = Changes(merges=tuple(result.intervals), stream_time=stream_time)
         rules = pipeline.rules  # the catalogue the batch was matched with, even if a reload swapped it since
+        rules = with_rules(rules, result.unclassified_rules)  # and the templates of errors no rule knows
         try:
             with self.metrics.stage.labels("store").time():
                 await asyncio.wait_for(
@@ -242,16 +249,24 @@ class KafkaIngest:
             await self._resync(first)
             return
         except (StoreError, TimeoutError) as exc:
-            log.error("store write failed; batch will be re-read", error=str(exc) or type(exc).__name__)
-            await self._resync(first)
-            await asyncio.sleep(1.0)
+            # Logged once per streak (the store logs the streak as an error, and its end); bounded back-off between
+            # tries. Re-reading offsets from a store that just failed fails alike: not logged again.
+            first_failure = self._store_backoff == 0.0
+            (log.warning if first_failure else log.debug)(
+                "store write failed; batch will be re-read", error=(str(exc) or type(exc).__name__)[:300]
+            )
+            self._store_backoff = min(max(self._store_backoff * 2, STORE_BACKOFF_MIN), STORE_BACKOFF_MAX)
+            await self._resync(first, quiet=True)
+            await asyncio.sleep(self._store_backoff)
             return
+        self._store_backoff = 0.0
         for update in offsets:
             self._book[TopicPartition(update.topic, update.partition)] = update.next
         self._last_stream_write = time.monotonic()
         self.last_batch_at = time.time()
         self._count(result, rules)
         pipeline.evict(stream_time)
+        self._gauge_sizes(pipeline)
         self.metrics.stage.labels("total").observe(time.perf_counter() - started)
         log.debug(
             "batch stored",
@@ -276,8 +291,14 @@ class KafkaIngest:
                 self.metrics.matches.labels(rule_id, rule.category.value, rule.severity.value).inc(n)
         for rule_id, n in result.overflowed.items():
             self.metrics.overflow.labels(rule_id).inc(n)
+        for component, n in result.unclassified.items():
+            self.metrics.unclassified.labels(component).inc(n)
+        for component, n in result.unclassified_overflow.items():
+            self.metrics.unclassified_overflow.labels(component).inc(n)
+        if result.clamped:
+            self.metrics.clamped.inc(result.clamped)
 
-    async def _resync(self, fallback: Mapping[TopicPartition, int]) -> None:
+    async def _resync(self, fallback: Mapping[TopicPartition, int], quiet: bool = False) -> None:
         consumer = self._consumer
         if consumer is None:
             return
@@ -285,7 +306,7 @@ class KafkaIngest:
             await self.seek_stored(consumer.assignment(), fallback)
         except (StoreError, TimeoutError) as exc:
             # Cannot read offsets: rewind to where the failed batch began; the next write re-checks.
-            log.error("cannot re-read offsets", error=str(exc) or type(exc).__name__)
+            (log.debug if quiet else log.error)("cannot re-read offsets", error=(str(exc) or type(exc).__name__)[:300])
             for tp, offset in fallback.items():
                 if tp in consumer.assignment():
                     consumer.seek(tp, offset)
@@ -296,14 +317,25 @@ class KafkaIngest:
             return
         self._last_stream_write = time.monotonic()
         stream_time = self.clock.now()
+        failing = self.store.write_failure() is not None  # then the store has logged it: once per streak
         try:
             await asyncio.wait_for(
                 self.store.commit_batch(self.settings.kafka_group, Changes(stream_time=stream_time), [], {}),
                 self.settings.store_timeout,
             )
         except (StoreError, TimeoutError) as exc:
-            log.warning("cannot record stream time", error=str(exc) or type(exc).__name__)
-        self._pipeline().evict(stream_time)
+            (log.debug if failing else log.warning)(
+                "cannot record stream time", error=(str(exc) or type(exc).__name__)[:300]
+            )
+        pipeline = self._pipeline()
+        pipeline.evict(stream_time)
+        self._gauge_sizes(pipeline)
+
+    def _gauge_sizes(self, pipeline: Pipeline) -> None:
+        # Between batches, on the loop: no worker thread is changing the pipeline's state now.
+        live_keys, templates = pipeline.sizes()
+        self.metrics.live_intervals.set(live_keys)
+        self.metrics.unclassified_templates.set(templates)
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
         """Every few seconds: ask the broker for end offsets. Gives lag, and notices an outage."""

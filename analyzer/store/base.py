@@ -71,6 +71,8 @@ class IncidentRow:
     acked_at: float | None
     acked_by: str | None
     silenced: bool
+    ack_comment: str | None = None
+    updated_at: float = 0.0  # the database clock at the row's last write (merge, ack): what SSE resumes from
 
     @property
     def interval(self) -> Interval:
@@ -103,6 +105,9 @@ class Store(Protocol):
     async def ping(self) -> bool:
         """True when the store answers; never raises."""
 
+    def write_failure(self) -> str | None:
+        """The last write's error (bounded text) while writes fail; None once a write succeeds again."""
+
     async def commit_batch(
         self,
         group: str,
@@ -118,18 +123,26 @@ class Store(Protocol):
     async def stream_time(self, group: str | None = None) -> float | None:
         """The group's stream time, or the maximum over all groups."""
 
-    async def live_intervals(self, group_stream_time: float) -> list[Interval]:
-        """Intervals not yet resolved at that stream time (to restore the in-memory tracker)."""
-
     async def list_incidents(self, query: IncidentQuery) -> IncidentPage:
         """Newest first, keyset-paginated, without evidence (get_incident has it). ValueError on a malformed
         cursor or limit."""
 
     async def get_incident(self, incident_id: str, stream_time: float, now: float | None = None) -> IncidentRow | None:
-        """One incident with its status at ``stream_time`` (silence expiry at ``now``, default stream_time)."""
+        """One incident with its status at ``stream_time`` (silence expiry at ``now``, default stream_time).
 
-    async def ack(self, incident_id: str, by: str, at: float) -> bool:
-        """False if there is no such incident."""
+        The id of an incident merged into another (an alias) gives the surviving incident."""
+
+    async def aliases(self, incident_ids: Sequence[str]) -> dict[str, str]:
+        """Which of these ids were merged into another incident: alias -> surviving id."""
+
+    async def aliases_since(self, since: float, limit: int) -> dict[str, str]:
+        """Aliases made or re-pointed after ``since`` (database clock), at most ``limit``, newest first."""
+
+    async def clock(self) -> float:
+        """The database's clock (epoch seconds): the time every write's ``updated_at`` is stamped with."""
+
+    async def ack(self, incident_id: str, by: str, at: float, comment: str | None = None) -> bool:
+        """False if there is no such incident (an alias acks the surviving incident)."""
 
     async def add_silence(self, silence: Silence) -> str:
         """Store the silence; returns its id."""
@@ -140,8 +153,17 @@ class Store(Protocol):
     async def counts_by_status(self, stream_time: float) -> list[tuple[str, str, str, int]]:
         """(status, category, severity, count) rows, silenced incidents included."""
 
-    async def suppressed_by_rule(self, stream_time: float) -> list[tuple[str, int]]:
-        """(rule id, incidents that ended suppressed) rows."""
+    async def claim_suppressed(self, stream_time: float) -> list[tuple[str, int]]:
+        """(rule id, incidents newly suppressed at ``stream_time``) rows, each incident returned once ever,
+        to one caller: what analyzer_transients_suppressed_total counts, across restarts and replicas."""
+
+    async def purge(
+        self, incidents_before: float | None, silences_before: float | None, limit: int = 500
+    ) -> tuple[int, int, int]:
+        """One retention batch (one transaction): at most ``limit`` incidents settled before
+        ``incidents_before`` (stream time; last_seen + resolve_after) with their aliases, and at most ``limit``
+        silences expired before ``silences_before`` (wall clock). None skips that part. Returns the numbers
+        of incidents, aliases and silences deleted; a caller repeats while a count reaches ``limit``."""
 
 
 # -- SQL shared by both backends ------------------------------------------------------------------------------
@@ -155,6 +177,9 @@ class Dialect:
     named_param: str  # format with the parameter name: ":{}" or "%({})s"
     greatest: str  # two-argument maximum: SQLite's scalar max(), PostgreSQL's GREATEST()
     json_cast: str  # how a JSON text parameter is written into a JSON column
+    key_lock: str | None = None  # serialises merges of one (rule, key) across writers (SQLite: the file lock)
+    # The database's clock in epoch seconds (one clock for every replica): stamps each write's updated_at.
+    clock: str = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def p(self, name: str) -> str:
         return self.named_param.format(name)
@@ -173,7 +198,14 @@ class Dialect:
 
 
 SQLITE = Dialect(name="sqlite", named_param=":{}", greatest="max", json_cast="{}")
-POSTGRESQL = Dialect(name="postgresql", named_param="%({})s", greatest="GREATEST", json_cast="{}::jsonb")
+POSTGRESQL = Dialect(
+    name="postgresql",
+    named_param="%({})s",
+    greatest="GREATEST",
+    json_cast="{}::jsonb",
+    key_lock="SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))",
+    clock="EXTRACT(EPOCH FROM clock_timestamp())::double precision",
+)
 
 
 def status_sql(d: Dialect, stream_time: str = "st") -> str:

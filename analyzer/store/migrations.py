@@ -39,6 +39,25 @@ _V2_INDEXES = (
     "CREATE INDEX incidents_namespace_recent ON incidents (namespace, last_seen DESC, id DESC)",
 )
 
+# Version 3: stable identity. A merge updates the surviving row in place; the ids of rows it absorbed live on as
+# aliases the API resolves. Ack comments are stored with the ack.
+_V3_IDENTITY = (
+    "ALTER TABLE incidents ADD COLUMN ack_comment TEXT",
+    "CREATE TABLE incident_aliases (alias TEXT PRIMARY KEY, target TEXT NOT NULL)",
+    "CREATE INDEX incident_aliases_target ON incident_aliases (target)",
+)
+
+# Version 4: when each row was last written (the database clock), so an SSE client that reconnects gets the
+# incidents and merges written since its last event.
+_V4_UPDATED = (
+    "ALTER TABLE incidents ADD COLUMN updated_at {real} NOT NULL DEFAULT 0",
+    "ALTER TABLE incident_aliases ADD COLUMN updated_at {real} NOT NULL DEFAULT 0",
+    "CREATE INDEX incident_aliases_updated ON incident_aliases (updated_at)",
+)
+
+# Whether analyzer_transients_suppressed_total has counted the incident: claimed once, by one replica.
+_V5_SUPPRESSION = ("ALTER TABLE incidents ADD COLUMN suppression_counted INTEGER NOT NULL DEFAULT 0",)
+
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -85,6 +104,9 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(2, "indexes for category-only and namespace-only filters", _V2_INDEXES),
+    Migration(3, "ack comments; aliases of incidents merged into another", _V3_IDENTITY),
+    Migration(4, "when each incident and alias was last written", tuple(x.format(real="REAL") for x in _V4_UPDATED)),
+    Migration(5, "suppressed transients counted once", _V5_SUPPRESSION),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -135,6 +157,13 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(2, "indexes for category-only and namespace-only filters", _V2_INDEXES),
+    Migration(3, "ack comments; aliases of incidents merged into another", _V3_IDENTITY),
+    Migration(
+        4,
+        "when each incident and alias was last written",
+        tuple(x.format(real="DOUBLE PRECISION") for x in _V4_UPDATED),
+    ),
+    Migration(5, "suppressed transients counted once", _V5_SUPPRESSION),
 )
 
 

@@ -6,58 +6,82 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import TupleRow
 
 from analyzer.errors import ConfigError, StaleOffsetError, StoreError
 from analyzer.store import migrations as mig
 from analyzer.store.base import POSTGRESQL, IncidentPage, IncidentQuery, IncidentRow, Silence, encode_cursor
+from analyzer.store.health import WriteHealth
 from analyzer.store.sql import (
-    absorb,
+    Program,
+    alias_params,
+    bounded,
     check_rules,
-    inherit_acks,
+    commit_program,
     list_query,
-    merge_lock,
-    merge_order,
-    near_params,
+    purge_program,
+    retention_statements,
     row_to_incident,
-    row_to_interval,
     row_to_silence,
     silence_params,
     statements,
-    upsert_params,
+    storable,
 )
-from analyzer.types import Changes, Interval, OffsetUpdate, Rule
+from analyzer.types import Changes, OffsetUpdate, Rule
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[TupleRow]
 
 _SQL = statements(POSTGRESQL)
+_RETENTION = retention_statements(POSTGRESQL)
 # Serialises concurrent migrations from several replicas (CREATE TABLE IF NOT EXISTS alone races).
 _MIGRATION_LOCK = 0x6D6C615F736368  # "mla_sch"
+# Bounded back-off between connection attempts after a failed one: an outage costs a few cheap failures a
+# second at most, and the first attempt after the server is back waits at most BACKOFF_MAX.
+BACKOFF_MIN = 0.25
+BACKOFF_MAX = 2.0
 
 
 class _Link:
-    """One connection behind a lock; (re)connected on first use after a failure."""
+    """One connection behind a lock. Replaced after any failed operation (its session state is unknown: the
+    wedge after a server restart was a connection left in pipeline mode that the driver never flagged broken),
+    and (re)connected on first use, with bounded back-off after a failed attempt."""
 
     def __init__(self, conninfo: str, statement_timeout: float) -> None:
         self._conninfo = conninfo
         self._statement_timeout_ms = int(statement_timeout * 1000)
         self._conn: Conn | None = None
         self.lock = asyncio.Lock()
+        self._delay = 0.0
+        self._retry_at = 0.0  # monotonic; no connection attempt before it
+        self._last_error = ""
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and not self._conn.closed
+        return self._conn is not None and _usable(self._conn)
 
-    async def connection(self) -> Conn:
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
-        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+    async def connection(self, where: str) -> Conn:
+        if self._conn is not None:
+            if _usable(self._conn):
+                return self._conn
+            await self.discard()
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:  # fail fast while backing off: a read gets its 503 now, not after a connect timeout
+            raise StoreError(f"PostgreSQL {where} unavailable ({self._last_error}); next attempt in {wait:.1f}s")
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        except (psycopg.Error, OSError) as e:
+            self._delay = min(max(self._delay * 2, BACKOFF_MIN), BACKOFF_MAX)
+            self._retry_at = time.monotonic() + self._delay
+            self._last_error = bounded(str(e), 200)
+            raise
         try:
             # Session settings, not startup options: works behind PgBouncer and keeps the DSN's own options.
             await conn.execute(f"SET statement_timeout = {self._statement_timeout_ms}")
@@ -65,11 +89,9 @@ class _Link:
         except BaseException:
             await conn.close()
             raise
+        self._delay = 0.0
         self._conn = conn
         return conn
-
-    def broken(self) -> bool:
-        return self._conn is None or self._conn.closed or self._conn.broken
 
     async def discard(self) -> None:
         conn, self._conn = self._conn, None
@@ -78,14 +100,36 @@ class _Link:
                 await conn.close()
 
 
+def _usable(conn: Conn) -> bool:
+    """Open, idle, outside any transaction or pipeline: the only state an operation may start from."""
+    return (
+        not conn.closed
+        and not conn.broken
+        and conn.info.transaction_status == TransactionStatus.IDLE
+        and conn.pgconn.pipeline_status == PipelineStatus.OFF
+    )
+
+
 class PostgresStore:
     """Shared store for several replicas. ``url`` is a libpq URL or key=value DSN."""
 
-    def __init__(self, url: str, *, statement_timeout: float = 10.0, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        statement_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        timeout: float | None = None,
+    ) -> None:
+        """``timeout``: the bound of every call, lock wait included (ANALYZER_STORE_TIMEOUT); statement and
+        connect timeouts are then kept below it, so the server gives up before the caller does."""
         try:
             given = conninfo_to_dict(url)
         except psycopg.Error as e:
             raise ConfigError(f"invalid PostgreSQL URL: {e}") from e
+        if timeout is not None:
+            statement_timeout = min(statement_timeout, max(0.5, timeout * 0.6))
+            connect_timeout = min(connect_timeout, max(1.0, timeout * 0.3))
         extra: dict[str, Any] = {}
         if "connect_timeout" not in given:
             extra["connect_timeout"] = max(1, round(connect_timeout))
@@ -94,48 +138,48 @@ class PostgresStore:
         conninfo = make_conninfo(url, **extra)
         connect_budget = float(given.get("connect_timeout") or extra.get("connect_timeout") or connect_timeout)
         # The client-side bound covers what statement_timeout cannot: a frozen server or a dead network.
-        self._op_timeout = statement_timeout + connect_budget + 5.0
+        self._op_timeout = 0.9 * timeout if timeout is not None else statement_timeout + connect_budget + 5.0
         self._writer = _Link(conninfo, statement_timeout)
         self._reader = _Link(conninfo, statement_timeout)
         self._where = _redacted(given)
         self._open = False
+        self._health = WriteHealth(f"postgresql:{self._where}")
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where})"
 
     async def _run(self, link: _Link, op: Callable[[Conn], Awaitable[T]], *, bound: float | None = None) -> T:
-        """Run ``op`` on the link's connection, translating driver errors into StoreError.
+        """Run ``op`` on the link's connection within a bound (lock wait included), driver errors as StoreError.
 
-        A connection found broken is replaced and the operation retried once. That is safe for every
-        operation here: writes are idempotent upserts, and a batch that did commit before the link broke
-        fails its offset check on the retry (StaleOffsetError) instead of applying twice.
+        Any failure discards the connection. A failure of a connection made before this call (one that went
+        stale in a server restart) is retried once on a fresh one. That is safe for every operation here: a
+        batch that did commit before its connection broke fails its offset check on the retry
+        (StaleOffsetError) instead of applying twice.
         """
         if not self._open:
             raise StoreError("the PostgreSQL store is not open")
         limit = bound or self._op_timeout
-        async with link.lock:
-            for attempt in range(2):
-                fresh = not link.connected
-                try:
-                    async with asyncio.timeout(limit):
-                        return await op(await link.connection())
-                except StoreError:
-                    raise
-                except asyncio.CancelledError:
-                    await link.discard()  # interrupted mid-statement: its session state is unknown
-                    raise
-                except TimeoutError as e:
-                    await link.discard()
-                    raise StoreError(f"PostgreSQL {self._where}: no answer within {limit}s") from e
-                except psycopg.OperationalError as e:
-                    if link.broken():
+        try:
+            async with asyncio.timeout(limit), link.lock:
+                for attempt in range(2):
+                    reused = link.connected
+                    conn = await link.connection(self._where)
+                    try:
+                        return await op(conn)
+                    except StaleOffsetError:
+                        raise  # rolled back cleanly; the connection is fine
+                    except BaseException as e:
                         await link.discard()
-                        if not fresh and attempt == 0:
+                        if attempt == 0 and reused and isinstance(e, psycopg.OperationalError):
                             continue
-                    raise StoreError(f"PostgreSQL {self._where}: {e}") from e
-                except psycopg.Error as e:
-                    raise StoreError(f"PostgreSQL {self._where}: {e}") from e
-            raise AssertionError("unreachable")
+                        raise
+        except StoreError:
+            raise
+        except TimeoutError as e:
+            raise StoreError(f"PostgreSQL {self._where}: no answer within {limit}s") from e
+        except psycopg.Error as e:
+            raise StoreError(bounded(f"PostgreSQL {self._where}: {type(e).__name__}: {e}")) from e
+        raise AssertionError("unreachable")
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -162,6 +206,9 @@ class PostgresStore:
         except Exception:
             return False
 
+    def write_failure(self) -> str | None:
+        return self._health.failure
+
     # -- writes -----------------------------------------------------------------------------------------------
 
     async def commit_batch(
@@ -174,38 +221,31 @@ class PostgresStore:
         check_rules(changes, rules)
 
         async def apply(conn: Conn) -> None:
-            async with conn.transaction(), conn.cursor() as cur:
-                # Offsets first: a fenced zombie stops before touching (and locking) any incident row.
-                for o in sorted(offsets, key=lambda o: (o.topic, o.partition)):
-                    params: dict[str, Any] = {"group": group, "topic": o.topic, "partition": o.partition}
-                    params["next"] = o.next
-                    if o.previous is None:
-                        await cur.execute(_SQL.offset_insert, params)
-                    else:
-                        await cur.execute(_SQL.offset_update, {**params, "previous": o.previous})
-                    if cur.rowcount != 1:
-                        raise StaleOffsetError(
-                            f"offset of {group}/{o.topic}[{o.partition}] is no longer {o.previous}: "
-                            "another consumer owns this partition now"
-                        )
-                acked: list[TupleRow] = []
-                for incident_id in changes.deletes:
-                    await cur.execute(_SQL.acked_among, {"id": incident_id})
-                    acked.extend(await cur.fetchall())
-                if changes.deletes:
-                    await cur.executemany(_SQL.delete, [{"id": i} for i in changes.deletes])
-                if changes.upserts:
-                    await cur.executemany(_SQL.upsert, upsert_params(changes, rules, inherit_acks(changes, acked)))
-                for iv in merge_order(changes):
-                    await _merge_one(cur, iv, rules)
-                if changes.stream_time is not None:
-                    await cur.execute(_SQL.stream_time_upsert, {"group": group, "st": float(changes.stream_time)})
+            async with conn.transaction():
+                await _drive(commit_program(_SQL, group, changes, offsets, rules), conn.cursor())
 
-        await self._run(self._writer, apply)
+        await self._health.watch(self._run(self._writer, apply))
 
-    async def ack(self, incident_id: str, by: str, at: float) -> bool:
+    async def purge(
+        self, incidents_before: float | None, silences_before: float | None, limit: int = 500
+    ) -> tuple[int, int, int]:
+        async def apply(conn: Conn) -> tuple[int, int, int]:
+            async with conn.transaction():
+                program = purge_program(POSTGRESQL, _RETENTION, incidents_before, silences_before, limit)
+                return await _drive(program, conn.cursor())
+
+        return await self._run(self._writer, apply)
+
+    async def ack(self, incident_id: str, by: str, at: float, comment: str | None = None) -> bool:
+        params = {
+            "id": storable(incident_id),
+            "by": storable(by),
+            "at": float(at),
+            "comment": None if comment is None else storable(comment),
+        }
+
         async def apply(conn: Conn) -> bool:
-            cur = await conn.execute(_SQL.ack, {"id": incident_id, "by": by, "at": float(at)})
+            cur = await conn.execute(_SQL.ack, params)
             return cur.rowcount == 1
 
         return await self._run(self._writer, apply)
@@ -240,10 +280,6 @@ class PostgresStore:
             rows = await self._fetchall(_SQL.stream_time_of, {"group": group})
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
-    async def live_intervals(self, group_stream_time: float) -> list[Interval]:
-        rows = await self._fetchall(_SQL.live_intervals, {"st": float(group_stream_time)})
-        return [row_to_interval(r) for r in rows]
-
     async def list_incidents(self, query: IncidentQuery) -> IncidentPage:
         sql, params = list_query(POSTGRESQL, query)
         rows = await self._fetchall(sql, params)
@@ -252,42 +288,54 @@ class PostgresStore:
         return IncidentPage(items, encode_cursor(items[-1].last_seen, items[-1].id) if more else None)
 
     async def get_incident(self, incident_id: str, stream_time: float, now: float | None = None) -> IncidentRow | None:
-        params = {"id": incident_id, "st": float(stream_time), "now": float(stream_time if now is None else now)}
+        params = {
+            "id": storable(incident_id),
+            "st": float(stream_time),
+            "now": float(stream_time if now is None else now),
+        }
         rows = await self._fetchall(_SQL.get_incident, params)
         return row_to_incident(rows[0]) if rows else None
+
+    async def aliases(self, incident_ids: Sequence[str]) -> dict[str, str]:
+        if not incident_ids:
+            return {}
+        rows = await self._fetchall(_SQL.aliases(len(incident_ids)), alias_params(incident_ids))
+        return {str(a): str(t) for a, t in rows}
+
+    async def aliases_since(self, since: float, limit: int) -> dict[str, str]:
+        rows = await self._fetchall(_SQL.aliases_since, {"since": float(since), "limit": int(limit)})
+        return {str(a): str(t) for a, t in rows}
+
+    async def clock(self) -> float:
+        rows = await self._fetchall(_SQL.clock, {})
+        return float(rows[0][0])
 
     async def list_silences(self, now: float) -> list[Silence]:
         return [row_to_silence(r) for r in await self._fetchall(_SQL.list_silences, {"now": float(now)})]
 
-    async def suppressed_by_rule(self, stream_time: float) -> list[tuple[str, int]]:
-        rows = await self._fetchall(_SQL.suppressed_by_rule, {"st": float(stream_time)})
-        return [(str(r), int(n)) for r, n in rows]
+    async def claim_suppressed(self, stream_time: float) -> list[tuple[str, int]]:
+        async def apply(conn: Conn) -> list[TupleRow]:
+            async with conn.transaction():
+                cur = conn.cursor()
+                await cur.execute(_SQL.claim_suppressed, {"st": float(stream_time)})
+                return await cur.fetchall()
+
+        return sorted(Counter(str(r[0]) for r in await self._run(self._writer, apply)).items())
 
     async def counts_by_status(self, stream_time: float) -> list[tuple[str, str, str, int]]:
         rows = await self._fetchall(_SQL.counts_by_status, {"st": float(stream_time)})
         return [(str(s), str(c), str(v), int(n)) for s, c, v, n in rows]
 
 
-async def _merge_one(cur: Any, iv: Interval, rules: Mapping[str, Rule]) -> None:
-    """Fold ``iv`` into the stored intervals it touches, under a per-(rule, key) transaction lock so two
-    consumers merging the same key serialise instead of both inserting."""
-    await cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (merge_lock(iv),))
-    resolve_after = rules[iv.rule_id].resolve_after
-    replaced: list[str] = []
-    while True:
-        await cur.execute(_SQL.near, near_params(iv, resolve_after))
-        rows = await cur.fetchall()
-        if not rows:
-            break
-        iv, ids = absorb(iv, rows)
-        replaced.extend(ids)
-        await cur.executemany(_SQL.delete, [{"id": i} for i in ids])
-    merged = Changes(upserts=(iv,), deletes=tuple(replaced))
-    acked: list[Any] = []
-    for incident_id in replaced:
-        await cur.execute(_SQL.acked_among, {"id": incident_id})
-        acked.extend(await cur.fetchall())
-    await cur.executemany(_SQL.upsert, upsert_params(merged, rules, inherit_acks(merged, acked)))
+async def _drive(program: Program[T], cur: psycopg.AsyncCursor[TupleRow]) -> T:
+    """The async twin of sql.drive: one statement at a time (never executemany, which uses pipeline mode)."""
+    try:
+        op = next(program)
+        while True:
+            await cur.execute(op.sql, op.params)
+            op = program.send(await cur.fetchall() if op.rows else cur.rowcount)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 async def _select_one(conn: Conn) -> bool:

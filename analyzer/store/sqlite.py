@@ -7,32 +7,37 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from analyzer.errors import StaleOffsetError, StoreError
+from analyzer.errors import StoreError
 from analyzer.store import migrations as mig
 from analyzer.store.base import SQLITE, IncidentPage, IncidentQuery, IncidentRow, Silence, encode_cursor
+from analyzer.store.health import WriteHealth
 from analyzer.store.sql import (
-    absorb,
+    Op,
+    alias_params,
+    bounded,
     check_rules,
-    inherit_acks,
+    commit_program,
+    drive,
     list_query,
-    merge_order,
-    near_params,
+    purge_program,
+    retention_statements,
     row_to_incident,
-    row_to_interval,
     row_to_silence,
     silence_params,
     statements,
-    upsert_params,
+    storable,
 )
-from analyzer.types import Changes, Interval, OffsetUpdate, Rule
+from analyzer.types import Changes, OffsetUpdate, Rule
 
 T = TypeVar("T")
 
 _SQL = statements(SQLITE)
+_RETENTION = retention_statements(SQLITE)
 
 
 class SqliteStore:
@@ -51,6 +56,7 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = asyncio.Lock()
         self._read_thread_lock = threading.Lock()
+        self._health = WriteHealth(f"sqlite:{path}")
 
     def __repr__(self) -> str:
         return f"SqliteStore({self._path!r})"
@@ -81,7 +87,7 @@ class SqliteStore:
             try:
                 return await asyncio.to_thread(call)
             except sqlite3.Error as e:
-                raise StoreError(f"SQLite {self._path}: {e}") from e
+                raise StoreError(bounded(f"SQLite {self._path}: {e}")) from e
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -139,10 +145,14 @@ class SqliteStore:
             await asyncio.to_thread(shut)
 
     async def ping(self) -> bool:
+        # On the reader connection: a probe never waits behind a batch write (WAL readers do not block).
         try:
-            return await self._run(lambda c: c.execute("SELECT 1").fetchone() == (1,))
+            return await self._read(lambda c: c.execute("SELECT 1").fetchone() == (1,))
         except Exception:
             return False
+
+    def write_failure(self) -> str | None:
+        return self._health.failure
 
     # -- writes -----------------------------------------------------------------------------------------------
 
@@ -157,20 +167,25 @@ class SqliteStore:
 
         def apply(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
-                _check_offsets(conn, group, offsets)
-                acked = [row for i in changes.deletes for row in conn.execute(_SQL.acked_among, {"id": i})]
-                conn.executemany(_SQL.delete, [{"id": i} for i in changes.deletes])
-                conn.executemany(_SQL.upsert, upsert_params(changes, rules, inherit_acks(changes, acked)))
-                for iv in merge_order(changes):
-                    _merge_one(conn, iv, rules)
-                if changes.stream_time is not None:
-                    conn.execute(_SQL.stream_time_upsert, {"group": group, "st": float(changes.stream_time)})
+                drive(commit_program(_SQL, group, changes, offsets, rules), lambda op: _execute(conn, op))
 
-        await self._run(apply)
+        await self._health.watch(self._run(apply))
 
-    async def ack(self, incident_id: str, by: str, at: float) -> bool:
+    async def purge(
+        self, incidents_before: float | None, silences_before: float | None, limit: int = 500
+    ) -> tuple[int, int, int]:
+        def apply(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            with _transaction(conn):
+                program = purge_program(SQLITE, _RETENTION, incidents_before, silences_before, limit)
+                return drive(program, lambda op: _execute(conn, op))
+
+        return await self._run(apply)
+
+    async def ack(self, incident_id: str, by: str, at: float, comment: str | None = None) -> bool:
+        params = {"id": storable(incident_id), "by": storable(by), "at": float(at), "comment": _opt(comment)}
+
         def apply(conn: sqlite3.Connection) -> bool:
-            return conn.execute(_SQL.ack, {"id": incident_id, "by": by, "at": float(at)}).rowcount == 1
+            return conn.execute(_SQL.ack, params).rowcount == 1
 
         return await self._run(apply)
 
@@ -193,11 +208,6 @@ class SqliteStore:
             row = await self._read(lambda c: c.execute(_SQL.stream_time_of, {"group": group}).fetchone())
         return None if row is None or row[0] is None else float(row[0])
 
-    async def live_intervals(self, group_stream_time: float) -> list[Interval]:
-        params = {"st": float(group_stream_time)}
-        rows = await self._read(lambda c: c.execute(_SQL.live_intervals, params).fetchall())
-        return [row_to_interval(r) for r in rows]
-
     async def list_incidents(self, query: IncidentQuery) -> IncidentPage:
         sql, params = list_query(SQLITE, query)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
@@ -206,17 +216,40 @@ class SqliteStore:
         return IncidentPage(items, encode_cursor(items[-1].last_seen, items[-1].id) if more else None)
 
     async def get_incident(self, incident_id: str, stream_time: float, now: float | None = None) -> IncidentRow | None:
-        params = {"id": incident_id, "st": float(stream_time), "now": float(stream_time if now is None else now)}
+        params = {
+            "id": storable(incident_id),
+            "st": float(stream_time),
+            "now": float(stream_time if now is None else now),
+        }
         row = await self._read(lambda c: c.execute(_SQL.get_incident, params).fetchone())
         return None if row is None else row_to_incident(row)
+
+    async def aliases(self, incident_ids: Sequence[str]) -> dict[str, str]:
+        if not incident_ids:
+            return {}
+        sql, params = _SQL.aliases(len(incident_ids)), alias_params(incident_ids)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return {str(a): str(t) for a, t in rows}
+
+    async def aliases_since(self, since: float, limit: int) -> dict[str, str]:
+        params = {"since": float(since), "limit": int(limit)}
+        rows = await self._read(lambda c: c.execute(_SQL.aliases_since, params).fetchall())
+        return {str(a): str(t) for a, t in rows}
+
+    async def clock(self) -> float:
+        row = await self._read(lambda c: c.execute(_SQL.clock).fetchone())
+        return float(row[0])
 
     async def list_silences(self, now: float) -> list[Silence]:
         rows = await self._read(lambda c: c.execute(_SQL.list_silences, {"now": float(now)}).fetchall())
         return [row_to_silence(r) for r in rows]
 
-    async def suppressed_by_rule(self, stream_time: float) -> list[tuple[str, int]]:
-        rows = await self._read(lambda c: c.execute(_SQL.suppressed_by_rule, {"st": float(stream_time)}).fetchall())
-        return [(str(r), int(n)) for r, n in rows]
+    async def claim_suppressed(self, stream_time: float) -> list[tuple[str, int]]:
+        def apply(conn: sqlite3.Connection) -> list[Any]:
+            with _transaction(conn):
+                return conn.execute(_SQL.claim_suppressed, {"st": float(stream_time)}).fetchall()
+
+        return sorted(Counter(str(r[0]) for r in await self._run(apply)).items())
 
     async def counts_by_status(self, stream_time: float) -> list[tuple[str, str, str, int]]:
         rows = await self._read(lambda c: c.execute(_SQL.counts_by_status, {"st": float(stream_time)}).fetchall())
@@ -243,31 +276,13 @@ class _transaction:
             self._conn.execute("ROLLBACK")
 
 
-def _merge_one(conn: sqlite3.Connection, iv: Interval, rules: Mapping[str, Rule]) -> None:
-    """Fold ``iv`` into the stored intervals it touches (repeatedly: a merge widens the span)."""
-    resolve_after = rules[iv.rule_id].resolve_after
-    replaced: list[str] = []
-    while rows := conn.execute(_SQL.near, near_params(iv, resolve_after)).fetchall():
-        iv, ids = absorb(iv, rows)
-        replaced.extend(ids)
-        conn.executemany(_SQL.delete, [{"id": i} for i in ids])
-    merged = Changes(upserts=(iv,), deletes=tuple(replaced))
-    acked = [row for i in replaced for row in conn.execute(_SQL.acked_among, {"id": i})]
-    conn.executemany(_SQL.upsert, upsert_params(merged, rules, inherit_acks(merged, acked)))
+def _execute(conn: sqlite3.Connection, op: Op) -> Any:
+    cur = conn.execute(op.sql, op.params)
+    return cur.fetchall() if op.rows else cur.rowcount
 
 
-def _check_offsets(conn: sqlite3.Connection, group: str, offsets: Sequence[OffsetUpdate]) -> None:
-    for o in sorted(offsets, key=lambda o: (o.topic, o.partition)):
-        params: dict[str, Any] = {"group": group, "topic": o.topic, "partition": o.partition, "next": o.next}
-        if o.previous is None:
-            cur = conn.execute(_SQL.offset_insert, params)
-        else:
-            cur = conn.execute(_SQL.offset_update, {**params, "previous": o.previous})
-        if cur.rowcount != 1:
-            raise StaleOffsetError(
-                f"offset of {group}/{o.topic}[{o.partition}] is no longer {o.previous}: "
-                "another consumer owns this partition now"
-            )
+def _opt(text: str | None) -> str | None:
+    return None if text is None else storable(text)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

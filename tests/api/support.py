@@ -70,7 +70,7 @@ class Harness:
 
     async def commit(self, *intervals: Interval, stream_time: float = STREAM_TIME) -> None:
         rules = self.service.holder.catalogue.by_id()
-        await self.store.commit_batch(GROUP, Changes(upserts=intervals, stream_time=stream_time), [], rules)
+        await self.store.commit_batch(GROUP, Changes(merges=intervals, stream_time=stream_time), [], rules)
 
 
 async def build_service(settings: Settings) -> Service:

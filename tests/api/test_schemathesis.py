@@ -32,7 +32,7 @@ async def _seeded(tmp_path: Path) -> Service:
         interval(rule_id, workload=f"w{i}", first_seen=STREAM_TIME - 100 * i, last_seen=STREAM_TIME - 50 * i)
         for i, rule_id in enumerate(sorted(rules)[:10])
     )
-    await service.store.commit_batch(GROUP, Changes(upserts=intervals, stream_time=STREAM_TIME), [], rules)
+    await service.store.commit_batch(GROUP, Changes(merges=intervals, stream_time=STREAM_TIME), [], rules)
     return service
 
 

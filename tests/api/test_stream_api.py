@@ -153,11 +153,11 @@ async def test_live_stream_sends_changes_then_stops_when_the_client_leaves(api: 
             assert (first["id"], first["count"]) == (A.id, A.count)
             assert ctx.active_streams == 1
 
-            # The same incident grows: one event with the new count and last_seen.
-            grown = replace(A, count=A.count + 4, last_seen=A.first_seen + 50)
-            await api.commit(grown)
+            # The same incident grows (a batch of 4 more lines merges into it): one event, same id.
+            more = replace(A, first_seen=A.first_seen + 40, last_seen=A.first_seen + 50, count=4)
+            await api.commit(more)
             update = await reader.next_incident()
-            assert (update["id"], update["count"]) == (A.id, grown.count)
+            assert (update["id"], update["count"]) == (A.id, A.count + 4)
             assert update["last_seen"] != first["last_seen"]
 
             # A new incident appears.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import psycopg
 import pytest
 
 from analyzer.errors import ConfigError, StaleOffsetError, StoreError
+from analyzer.incidents import merge
 from analyzer.store import IncidentQuery, Silence, Store, open_store
 from analyzer.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from analyzer.store.postgres import PostgresStore
@@ -93,13 +96,13 @@ def iv(
 
 async def put(
     store: Store,
-    *upserts: Interval,
-    deletes: Sequence[str] = (),
+    *merges: Interval,
     offsets: Sequence[OffsetUpdate] = (),
     stream_time: float | None = None,
     group: str = "g",
 ) -> None:
-    await store.commit_batch(group, Changes(tuple(upserts), tuple(deletes), stream_time), offsets, RULES)
+    """One batch: its intervals merge into what the store holds (a new key or a far-off span: a new incident)."""
+    await store.commit_batch(group, Changes(tuple(merges), stream_time), offsets, RULES)
 
 
 async def ids(store: Store, **query: object) -> list[str]:
@@ -142,7 +145,7 @@ async def test_a_newer_schema_is_refused(store: Store, store_url: str, raw_execu
 # -- intervals ------------------------------------------------------------------------------------------------
 
 
-async def test_upsert_and_delete_round_trip(store: Store) -> None:
+async def test_a_new_incident_round_trips_and_grows_in_place(store: Store) -> None:
     a = Interval(
         rule_id="persistent",
         key=IncidentKey("prod-eu", "shop", "cart"),
@@ -165,16 +168,15 @@ async def test_upsert_and_delete_round_trip(store: Store) -> None:
     assert row.id == a.id
     assert (row.category, row.severity) == ("apiserver-connectivity", "high")
     assert (row.transient, row.resolve_after) == (None, 300.0)
-    assert (row.acked_at, row.acked_by, row.silenced) == (None, None, False)
+    assert (row.acked_at, row.acked_by, row.ack_comment, row.silenced) == (None, None, None, False)
 
-    grown = Interval(a.rule_id, a.key, a.first_seen, 1700000099.0, 9, a.head, (*a.tail, Evidence(99.0, "x")), a.pods)
-    await put(store, grown)
+    more = Interval(a.rule_id, a.key, 1700000090.0, 1700000099.0, 2, (Evidence(1700000090.0, "x"),), (), ("z-1",))
+    await put(store, more)
     row = await store.get_incident(a.id, 1700000100.0)
-    assert row is not None and row.interval == grown
-
-    await put(store, deletes=[a.id])
-    assert await store.get_incident(a.id, 1700000100.0) is None
-    assert await store.get_incident(b.id, 30.0) is not None
+    assert row is not None and row.id == a.id
+    assert row.interval == merge(a, more)
+    assert (row.count, row.last_seen) == (9, 1700000099.0)
+    assert await ids(store, stream_time=1700000100.0) == [a.id, b.id]  # updated in place: no new row
 
 
 async def test_an_upsert_without_its_rule_is_refused(store: Store) -> None:
@@ -213,16 +215,18 @@ async def test_a_stale_offset_rolls_back_the_whole_batch(store: Store, stale: Of
     kept = iv("persistent", 1.0, 2.0)
     await put(store, kept)
     fresh = iv("sidecar", 50.0, 60.0)
+    grows_kept = iv("persistent", 0.5, 9.0, count=4)
     with pytest.raises(StaleOffsetError):
         await put(
             store,
             fresh,
-            deletes=[kept.id],
+            grows_kept,
             offsets=[OffsetUpdate("logs", 1, None, 4), stale],  # the good one must roll back too
             stream_time=500.0,
         )
     assert await store.get_incident(fresh.id, 100.0) is None
-    assert await store.get_incident(kept.id, 100.0) is not None
+    row = await store.get_incident(kept.id, 100.0)
+    assert row is not None and row.interval == kept
     assert await store.load_offsets("g", "logs") == {0: 10}
     assert await store.stream_time("g") == 100.0
 
@@ -321,16 +325,19 @@ async def test_counts_by_status(store: Store) -> None:
     ]
 
 
-async def test_live_intervals_are_the_unresolved_ones(store: Store) -> None:
-    open_ = iv("persistent", 1000.0, 1100.0, workload="a", pods=("a-1",))
-    quiet = iv("persistent", 500.0, 900.0, workload="b")  # quiet 300 at 1200: resolved
-    pending = iv("transient", 1170.0, 1180.0, workload="d")
-    stopped = iv("transient", 1000.0, 1010.0, workload="e")  # suppressed but quiet 190 < 300: may still merge
-    long_gone = iv("transient", 100.0, 110.0, workload="f")
-    await put(store, open_, quiet, pending, stopped, long_gone)
-    live = await store.live_intervals(1200.0)
-    assert sorted(live, key=lambda i: i.id) == sorted([open_, pending, stopped], key=lambda i: i.id)
-    assert await store.live_intervals(10_000.0) == []
+async def test_suppressed_transients_are_claimed_once(store: Store) -> None:
+    """Each incident counts once toward analyzer_transients_suppressed_total, whoever asks and however often:
+    the claim marks it in the same statement (so a restart or a second replica does not count it again)."""
+    await put(
+        store,
+        iv("transient", 1170.0, 1180.0, workload="d"),  # pending at 1200, suppressed by 5000
+        iv("transient", 1000.0, 1010.0, workload="e"),  # suppressed at 1200
+        iv("persistent", 1000.0, 1100.0, workload="a"),  # never suppressed
+    )
+    assert await store.claim_suppressed(1200.0) == [("transient", 1)]
+    assert await store.claim_suppressed(1200.0) == []
+    assert await store.claim_suppressed(5000.0) == [("transient", 1)]
+    assert await store.claim_suppressed(9000.0) == []
 
 
 # -- listing --------------------------------------------------------------------------------------------------
@@ -413,34 +420,77 @@ async def test_an_out_of_range_limit_is_a_value_error(store: Store, limit: int) 
 # -- acks and silences ----------------------------------------------------------------------------------------
 
 
-async def test_ack(store: Store) -> None:
+async def test_ack_and_its_comment_survive_growth_and_an_earlier_start(store: Store) -> None:
     a = iv("persistent", 1000.0, 1100.0)
     await put(store, a)
-    assert await store.ack(a.id, "alice", 1234.5) is True
+    assert await store.ack(a.id, "alice", 1234.5, "on it") is True
     assert await store.ack("no-such-incident", "alice", 1234.5) is False
     row = await store.get_incident(a.id, 1200.0)
-    assert row is not None and (row.acked_at, row.acked_by) == (1234.5, "alice")
+    assert row is not None and (row.acked_at, row.acked_by, row.ack_comment) == (1234.5, "alice", "on it")
 
-    # The interval keeps growing: the ack stays.
-    await put(store, iv("persistent", 1000.0, 1150.0, count=2))
+    # The incident keeps growing, then a late line moves its start earlier: same id, same ack.
+    await put(store, iv("persistent", 1120.0, 1150.0, count=2))
+    await put(store, iv("persistent", 900.0, 900.0))
     row = await store.get_incident(a.id, 1200.0)
-    assert row is not None and (row.count, row.acked_at, row.acked_by) == (2, 1234.5, "alice")
-
-    # A late line merges it into an interval with an earlier start (a new id): the ack moves with it.
-    merged = iv("persistent", 900.0, 1150.0, count=3)
-    await put(store, merged, deletes=[a.id])
-    row = await store.get_incident(merged.id, 1200.0)
-    assert row is not None and (row.acked_at, row.acked_by) == (1234.5, "alice")
+    assert row is not None and row.id == a.id
+    assert (row.first_seen, row.last_seen, row.count) == (900.0, 1150.0, 4)
+    assert (row.acked_at, row.acked_by, row.ack_comment) == (1234.5, "alice", "on it")
+    assert await ids(store, stream_time=1200.0) == [a.id]
 
 
-async def test_an_unrelated_replacement_does_not_inherit_an_ack(store: Store) -> None:
+async def test_a_bridge_keeps_the_older_id_and_the_other_becomes_an_alias(store: Store) -> None:
+    older = iv("persistent", 100.0, 150.0, count=2)
+    newer = iv("persistent", 700.0, 750.0, count=3)  # 550 s after: a separate incident (resolve_after 300)
+    await put(store, newer)
+    await put(store, older)
+    await store.ack(newer.id, "bob", 800.0, "paged the owner")  # only the newer one is acked
+    assert await ids(store, stream_time=800.0) == [newer.id, older.id]
+
+    await put(store, iv("persistent", 420.0, 420.0))  # a late line within 300 s of both: one incident
+    assert await ids(store, stream_time=800.0) == [older.id]
+    row = await store.get_incident(older.id, 800.0)
+    assert row is not None and (row.first_seen, row.last_seen, row.count) == (100.0, 750.0, 6)
+    assert (row.acked_by, row.ack_comment) == ("bob", "paged the owner")  # the absorbed one's ack carries over
+    via_alias = await store.get_incident(newer.id, 800.0)
+    assert via_alias is not None and via_alias.id == older.id and via_alias.count == 6
+    assert await store.aliases([newer.id, older.id, "nope"]) == {newer.id: older.id}
+    assert await store.ack(newer.id, "carol", 900.0) is True  # an alias acks the surviving incident
+    row = await store.get_incident(older.id, 800.0)
+    assert row is not None and row.acked_by == "carol"
+
+    # A still older incident then absorbs the survivor: the first alias follows it.
+    oldest = iv("persistent", -500.0, -450.0)
+    await put(store, oldest)
+    await put(store, iv("persistent", -200.0, -200.0))
+    assert await ids(store, stream_time=800.0) == [oldest.id]
+    assert await store.aliases([newer.id, older.id]) == {newer.id: oldest.id, older.id: oldest.id}
+    row = await store.get_incident(newer.id, 800.0)
+    assert row is not None and (row.id, row.count, row.acked_by) == (oldest.id, 8, "carol")
+
+
+async def test_an_unrelated_incident_does_not_inherit_an_ack(store: Store) -> None:
     a = iv("persistent", 1000.0, 1100.0, workload="a")
     await put(store, a)
     await store.ack(a.id, "bob", 1.0)
     other = iv("persistent", 900.0, 1150.0, workload="b")
-    await put(store, other, deletes=[a.id])
+    await put(store, other)
     row = await store.get_incident(other.id, 1200.0)
     assert row is not None and row.acked_at is None
+
+
+async def test_an_id_is_never_reused(store: Store, store_url: str, raw_execute: RawExecute) -> None:
+    a = iv("persistent", 1000.0, 1000.0)
+    await put(store, iv("persistent", 500.0, 500.0), a)
+    await put(store, iv("persistent", 750.0, 750.0))  # bridges: `a` is now an alias of the incident at 500
+    (survivor,) = await ids(store)
+    raw_execute(store_url, "DELETE FROM incidents WHERE id = %s", (survivor,))  # as retention would
+    again = iv("persistent", 1000.0, 1000.0)  # same rule, key and start: the same natural id as `a`
+    assert again.id == a.id
+    await put(store, again)
+    (fresh,) = await ids(store)
+    assert fresh not in (a.id, survivor)
+    row = await store.get_incident(fresh, 1100.0)
+    assert row is not None and row.interval == again
 
 
 async def test_silences_match_and_expire(store: Store) -> None:
@@ -578,17 +628,17 @@ async def test_merges_fold_into_stored_intervals_in_any_order(store_url: str) ->
     """Two consumers' batch-local intervals of one key become one incident, whatever the write order."""
     pieces = [iv("persistent", 100, 150, count=3), iv("persistent", 400, 420, count=2), iv("persistent", 160, 390)]
     results = []
-    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+    for n, order in enumerate(([0, 1, 2], [2, 1, 0], [1, 0, 2])):
         s = open_store(store_url)
         await s.open()
         try:
-            await s.commit_batch("g", Changes(upserts=(), deletes=()), [], RULES)  # nothing: a no-op batch
-            for index in order:
-                await s.commit_batch("g", Changes(merges=(pieces[index],)), [], RULES)
-            page = await s.list_incidents(IncidentQuery(stream_time=500.0, limit=50))
+            await s.commit_batch("g", Changes(), [], RULES)  # nothing: a no-op batch
+            for index in order:  # each order on a key of its own
+                await s.commit_batch(
+                    "g", Changes(merges=(replace(pieces[index], key=IncidentKey("c", "n", str(n))),)), [], RULES
+                )
+            page = await s.list_incidents(IncidentQuery(stream_time=500.0, limit=50, workload=str(n)))
             results.append([(r.first_seen, r.last_seen, r.count) for r in page.items])
-            for row in page.items:  # clean for the next order
-                await s.commit_batch("g", Changes(deletes=(row.id,)), [], RULES)
         finally:
             await s.close()
     # 100..150 and 160..390 and 400..420 are all within resolve_after (300) of each other: one incident.
@@ -609,3 +659,117 @@ async def test_an_offset_never_moves_backwards(store: Store) -> None:
         await put(store, iv("persistent", 1, 2), offsets=[OffsetUpdate("t", 0, 100, 40)])
     assert await store.load_offsets("g", "t") == {0: 100}
     assert await ids(store) == []
+
+
+# -- text a store cannot hold, and a store that cannot write --------------------------------------------------
+
+POISON = "bad \x00 byte, lone \ud800 surrogate"
+
+
+async def test_nul_and_lone_surrogates_are_stored_escaped_never_refused(store: Store) -> None:
+    evidence = Evidence(100.0, f"error: {POISON}", pod="p\x00d", container="c\udfff")
+    poison = Interval("persistent", IncidentKey("c1", "ns\x00", "w\ud800"), 100.0, 100.0, 1, (evidence,), (evidence,))
+    poison = replace(poison, pods=("p\x00d",))
+    good = iv("sidecar", 100.0, 110.0)
+    await put(store, poison, good, offsets=[OffsetUpdate("t", 0, None, 2)])  # the batch is stored whole
+    assert await store.load_offsets("g", "t") == {0: 2}
+    page = await store.list_incidents(IncidentQuery(stream_time=200.0, rule="persistent"))
+    (row,) = page.items
+    assert (row.key.namespace, row.key.workload, row.pods) == ("ns\\u0000", "w\\ud800", ("p\\u0000d",))
+    full = await store.get_incident(row.id, 200.0)
+    assert full is not None
+    assert full.head[0].line == "error: bad \\u0000 byte, lone \\ud800 surrogate"
+    assert (full.head[0].pod, full.head[0].container) == ("p\\u0000d", "c\\udfff")
+    # The same escaping applies to what is asked: a NUL in a filter, an id or an ack finds the stored text.
+    assert await ids(store, stream_time=200.0, namespace="ns\x00", workload="w\ud800", pod="p\x00d") == [row.id]
+    assert await store.get_incident("id\x00", 200.0) is None
+    assert await store.ack("id\x00\ud800", "me\x00", 1.0, "c\x00") is False
+    assert await store.ack(row.id, "me\x00", 1.0, "see \ud800") is True
+    acked = await store.get_incident(row.id, 200.0)
+    assert acked is not None and (acked.acked_by, acked.ack_comment) == ("me\\u0000", "see \\ud800")
+    await store.add_silence(Silence("", None, None, "ns\x00", None, 9e9, "x\x00", "y\ud800"))
+    assert [s.namespace for s in await store.list_silences(0.0)] == ["ns\\u0000"]
+    # More of the same key merges into the same incident.
+    await put(store, replace(poison, first_seen=150.0, last_seen=150.0))
+    again = await store.get_incident(row.id, 200.0)
+    assert again is not None and again.count == 2
+
+
+@pytest.mark.parametrize("condition", ["read-only", "full"])
+async def test_sqlite_that_cannot_write_says_so_and_loses_nothing(tmp_path: Path, condition: str) -> None:
+    s = SqliteStore(str(tmp_path / "store.db"))
+    await s.open()
+    try:
+        await put(s, iv("persistent", 1.0, 2.0), offsets=[OffsetUpdate("t", 0, None, 10)])
+        assert s.write_failure() is None
+        big = replace(iv("persistent", 100.0, 100.0, workload="w"), head=(Evidence(100.0, "x" * 100_000),))
+        if condition == "read-only":
+            await s._run(lambda c: c.execute("PRAGMA query_only = ON"))  # type: ignore[attr-defined]
+            expected = "readonly"
+        else:  # no page beyond the current ones: SQLite's own "disk is full" path
+            await s._run(  # type: ignore[attr-defined]
+                lambda c: c.execute(f"PRAGMA max_page_count = {c.execute('PRAGMA page_count').fetchone()[0]}")
+            )
+            expected = "full"
+        with pytest.raises(StoreError, match=expected) as failed:
+            await put(s, big, offsets=[OffsetUpdate("t", 0, 10, 20)], stream_time=100.0)
+        assert str(failed.value).startswith(f"SQLite {tmp_path / 'store.db'}: ")
+        failure = s.write_failure()
+        assert failure is not None and expected in failure and len(failure) <= 300
+        assert await s.ping()  # reads still answer: readiness must look at writes too (Service.ready)
+        assert await s.load_offsets("g", "t") == {0: 10}  # nothing half-applied
+
+        if condition == "read-only":
+            await s._run(lambda c: c.execute("PRAGMA query_only = OFF"))  # type: ignore[attr-defined]
+        else:
+            await s._run(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))  # type: ignore[attr-defined]
+        await put(s, big, offsets=[OffsetUpdate("t", 0, 10, 20)], stream_time=100.0)  # the same batch, again
+        assert s.write_failure() is None
+        assert await s.load_offsets("g", "t") == {0: 20}
+        assert await ids(s, workload="w") == [big.id]
+    finally:
+        await s.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("state", ["in-transaction", "pipeline-mode"])
+async def test_postgres_replaces_a_connection_left_in_an_unexpected_state(
+    store: Store, store_url: str, state: str
+) -> None:
+    if not store_url.startswith("postgres"):
+        pytest.skip("PostgreSQL only")
+    await put(store, offsets=[OffsetUpdate("t", 0, None, 1)])
+    writer = store._writer._conn  # type: ignore[attr-defined]
+    # Whitebox: a session left inside a transaction (as after a cancelled call), or in pipeline mode (the
+    # reported wedge after `pg_ctl restart`: "cannot exit pipeline mode while busy" on every later batch).
+    if state == "in-transaction":
+        await writer.execute("BEGIN")
+    else:
+        writer.pgconn.enter_pipeline_mode()
+    await put(store, iv("persistent", 1.0, 2.0), offsets=[OffsetUpdate("t", 0, 1, 2)])
+    assert store._writer._conn is not writer  # type: ignore[attr-defined]
+    assert await store.load_offsets("g", "t") == {0: 2}
+    assert store.write_failure() is None
+
+
+async def test_the_store_timeout_bounds_a_blocked_write(store: Store, store_url: str) -> None:
+    """open_store(timeout=...) (ANALYZER_STORE_TIMEOUT): the store's own waits stay below it."""
+    await put(store, offsets=[OffsetUpdate("t", 0, None, 1)])
+    bounded_store = open_store(store_url, timeout=1.0)
+    await bounded_store.open()
+    holder: sqlite3.Connection | psycopg.Connection[tuple[Any, ...]]
+    if store_url.startswith("sqlite"):
+        holder = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        holder = psycopg.connect(store_url)
+        holder.execute("SELECT * FROM offsets FOR UPDATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError):
+            await put(bounded_store, offsets=[OffsetUpdate("t", 0, 1, 2)])
+        assert time.monotonic() - started < 1.5
+        assert bounded_store.write_failure() is not None
+    finally:
+        holder.close()
+        await bounded_store.close()
