@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="derive status at the wall clock instead of at the last event time in the input",
     )
+    scan.add_argument(
+        "--no-unclassified",
+        action="store_true",
+        help="leave out the errors of mesh components that no rule knows (listed after the known problems)",
+    )
     _patterns_arg(scan)
 
     match = commands.add_parser("match", help="one JSON object per input line that matches a rule")
@@ -77,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = verbs.add_parser("export", help="one expression per line, for grep -E / ripgrep")
     export.add_argument("--format", choices=("regex",), default="regex")
     _patterns_arg(export)
+    draft = verbs.add_parser("draft", help="a rule skeleton (YAML) from an unclassified template, to promote it")
+    draft.add_argument("template", metavar="TEMPLATE-ID", help="unclassified-<component>-<id> (or the id alone)")
+    draft.add_argument("files", nargs="*", metavar="FILE", help="log files holding its lines (default: stdin)")
+    draft.add_argument("--server", metavar="URL", help="read its evidence from a running analyzer's API instead")
+    draft.add_argument("--format", choices=FORMATS, default="auto", help="record envelope (default: per record)")
+    draft.add_argument("--container", default=None, help="container to assume for records that carry none")
+    _patterns_arg(draft)
     return parser
 
 
@@ -97,12 +109,14 @@ def _patterns_dir(arg: Path | None) -> Path:
     return Path(env) if env else default_patterns_dir()
 
 
-def _load(arg: Path | None) -> tuple[Catalogue, CompiledCatalogue]:
+def _load(arg: Path | None, *, signals: bool = False) -> tuple[Catalogue, CompiledCatalogue]:
     from analyzer.catalogue import load_catalogue
+    from analyzer.correlation import SIGNALS
     from analyzer.match import compile_catalogue
 
     catalogue = load_catalogue(_patterns_dir(arg))
-    return catalogue, compile_catalogue(catalogue)
+    # `scan` also needs the proxy-readiness signal lines, for the app-started-before-proxy gate
+    return catalogue, compile_catalogue(catalogue, SIGNALS if signals else None)
 
 
 # -- rules -------------------------------------------------------------------------------------------------
@@ -115,9 +129,9 @@ def _rules_check(args: argparse.Namespace, out: IO[str]) -> int:
     for warning in lint(catalogue):
         print(warning, file=sys.stderr)
     signals = sum(1 for owner in compiled.owners if owner.startswith("signal:"))
-    prefilter = "literal prefilter on" if compiled.prefilter is not None else "no prefilter (decode every record)"
     print(
-        f"ok: {len(catalogue.rules)} rules, {len(compiled.owners) - signals} expressions compiled; {prefilter}",
+        f"ok: {len(catalogue.rules)} rules, {len(compiled.owners) - signals} expressions compiled; "
+        f"literal prefilter of {len(compiled.literals)} literals, none common in ordinary traffic",
         file=out,
     )
     return 0
@@ -182,6 +196,87 @@ def _rules_export(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def _rules_draft(args: argparse.Namespace, out: IO[str]) -> int:
+    from analyzer.errors import InputError
+    from analyzer.unclassified import OVERFLOW, draft_rule, template_from_evidence
+
+    wanted = args.template.strip()
+    if args.server:
+        rule_id, lines, count = _draft_from_server(args.server.rstrip("/"), wanted)
+        where = args.server
+    else:
+        rule_id, lines, count = _draft_from_files(args, wanted)
+        where = ", ".join(args.files or ["stdin"])
+    if rule_id is None or not lines:
+        raise InputError(f"no unclassified template {wanted!r} in {where} (see `{PROG} scan` for the ids)")
+    template = template_from_evidence(rule_id, lines)
+    if template is None or rule_id.endswith(f"-{OVERFLOW}"):
+        raise InputError(f"{rule_id} collects templates beyond the limit; draft one of its lines' own templates")
+    out.write(draft_rule(template, lines, count))
+    return 0
+
+
+def _wanted(rule_id: str, wanted: str) -> bool:
+    return rule_id == wanted or rule_id.endswith(f"-{wanted}")
+
+
+def _draft_from_files(args: argparse.Namespace, wanted: str) -> tuple[str | None, list[str], int]:
+    from analyzer.lines import iter_blocks, open_input
+    from analyzer.offline import Metadata
+    from analyzer.unclassified import OfflineLane
+
+    _, compiled = _load(args.patterns, signals=True)
+    streams = [open_input(name) for name in args.files or ["-"]]
+    lane = OfflineLane(compiled.db, apply=Metadata(container=args.container).apply, fmt=args.format, keep_evidence=5)
+    for stream in streams:
+        for block in iter_blocks(stream):
+            lane.feed(block)
+    for rule_id, lines in lane.examples.items():
+        if _wanted(rule_id, wanted):
+            count = sum(i.count for i, rule in lane.intervals() if rule.id == rule_id)
+            return rule_id, lines, count
+    return None, [], 0
+
+
+def _draft_from_server(base: str, wanted: str) -> tuple[str | None, list[str], int]:
+    """Find the template's incidents through the API (GET only, no token needed) and read their evidence."""
+    from urllib.parse import urlencode
+
+    from analyzer.unclassified import PREFIX
+
+    query: dict[str, str | int] = {"category": "unclassified", "limit": 500}
+    if wanted.startswith(PREFIX):
+        query["rule"] = wanted
+    items: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(20):
+        page = _get_json(f"{base}/v1/incidents?{urlencode({**query, **({'cursor': cursor} if cursor else {})})}")
+        items.extend(i for i in page.get("items", []) if _wanted(str(i.get("rule")), wanted))
+        cursor = page.get("next_cursor")
+        if items or not cursor:
+            break
+    if not items:
+        return None, [], 0
+    rule_id = str(items[0]["rule"])
+    detail = _get_json(f"{base}/v1/incidents/{items[0]['id']}")
+    lines = [str(e["line"]) for e in detail.get("evidence", [])]
+    return rule_id, lines, sum(int(i.get("count", 0)) for i in items if i.get("rule") == rule_id)
+
+
+def _get_json(url: str) -> Any:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from analyzer.errors import InputError
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise InputError(f"{url}: {exc}") from None
+
+
 # grep -E and ripgrep match line by line: a newline inside a class can go. TAB is written as itself, since
 # POSIX brackets and GNU grep -E know no escapes.
 _CLASS_ESCAPES = {"n": "", "r": "", "t": "\t", "d": "0-9", "s": "[:space:]", "w": "[:alnum:]_"}
@@ -212,7 +307,12 @@ def portable_regex(pattern: str, *, caseless: bool = False) -> str:
                 else:
                     if caseless and "[:" not in members:
                         members += members.swapcase().replace("]", "")
-                    out.append(body[0] + members + "]")
+                    if "[" in members and "[:" not in members and body[0] == "[":
+                        # ripgrep reads "[" in a class as a nested class; "\[" outside one means "[" to both
+                        rest = members.replace("[", "")
+                        out.append("(\\[|[" + rest + "])" if rest else "\\[")
+                    else:
+                        out.append(body[0] + members + "]")
                 in_class = False
             else:
                 body.append(ch)
@@ -248,15 +348,14 @@ def _match(args: argparse.Namespace, out: IO[str]) -> int:
 
     from analyzer.decode import Format
     from analyzer.lines import iter_blocks, open_input
-    from analyzer.offline import LineMatcher, find_all
+    from analyzer.offline import match_lines
 
     catalogue, compiled = _load(args.patterns)
     stream = open_input(args.file)
-    matcher = LineMatcher(catalogue, compiled, Format(args.format))
     write = out.write
-    for found in find_all(matcher, iter_blocks(stream)):
-        rules = [{"id": r.id, "category": r.category.value, "severity": r.severity.value} for r in found.rules]
-        write(orjson.dumps({"line_no": found.line_no, "rules": rules}).decode() + "\n")
+    for line_no, _, found in match_lines(catalogue, compiled, iter_blocks(stream), Format(args.format)):
+        rules = [{"id": r.id, "category": r.category.value, "severity": r.severity.value} for r in found]
+        write(orjson.dumps({"line_no": line_no, "rules": rules}).decode() + "\n")
     return 0
 
 
@@ -265,24 +364,41 @@ def _scan(args: argparse.Namespace, out: IO[str]) -> int:
 
     from analyzer.decode import Format
     from analyzer.lines import iter_blocks, open_input
-    from analyzer.offline import LineMatcher, Metadata, scan
+    from analyzer.offline import Metadata, by_time, gate_notes, scan
 
-    catalogue, compiled = _load(args.patterns)
+    catalogue, compiled = _load(args.patterns, signals=True)
     streams = [open_input(name) for name in args.files]  # fail before any work if a file is missing
-    metadata = Metadata(args.cluster, args.namespace, args.pod, args.container)
-    matcher = LineMatcher(catalogue, compiled, Format(args.format), metadata)
-    blocks = (block for stream in streams for block in iter_blocks(stream))
-    found = scan(
-        matcher,
-        blocks,
+    result = scan(
+        catalogue,
+        compiled,
+        by_time([iter_blocks(stream) for stream in streams]),
+        fmt=Format(args.format),
+        metadata=Metadata(args.cluster, args.namespace, args.pod, args.container),
         default_cluster=args.cluster or "-",
         stream_time=time.time() if args.now else None,
+        unclassified=not args.no_unclassified,
     )
     if args.output == "json":
-        _scan_json(found, out)
+        _scan_json(result.incidents + result.unclassified, out)
     else:
-        _scan_table(found, matcher.stats.lines, out)
+        _scan_table(result.incidents, result.stats.lines, out)
+        _scan_table_unclassified(result.unclassified, out)
+    for note in gate_notes(result.stats.gate):
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     return 0
+
+
+def _scan_table_unclassified(unknown: list[Incident], out: IO[str]) -> None:
+    if not unknown:
+        return
+    templates = len({i.rule.id for i in unknown})
+    lines = sum(i.interval.count for i in unknown)
+    print(
+        f"{templates} unclassified error template(s), {lines} lines: errors of mesh components that no rule "
+        f"knows (promote one with `{PROG} rules draft <rule> FILE`)\n",
+        file=out,
+    )
+    _scan_table(unknown, 0, out, summary=False)
 
 
 def _iso(ts: float) -> str:
@@ -294,7 +410,7 @@ def _iso(ts: float) -> str:
 def _incident_json(incident: Incident) -> dict[str, Any]:
     i, rule = incident.interval, incident.rule
     return {
-        "id": i.id,
+        "id": incident.id,
         "rule": rule.id,
         "title": rule.title,
         "category": rule.category.value,
@@ -309,6 +425,7 @@ def _incident_json(incident: Incident) -> dict[str, Any]:
         ],
         "remediation": rule.remediation.get("en", ""),
         "references": list(rule.references),
+        **({"note": incident.note} if incident.note else {}),
     }
 
 
@@ -339,7 +456,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _scan_table(found: list[Incident], lines: int, out: IO[str]) -> None:
+def _scan_table(found: list[Incident], lines: int, out: IO[str], *, summary: bool = True) -> None:
     import shutil
     import textwrap
 
@@ -350,8 +467,9 @@ def _scan_table(found: list[Incident], lines: int, out: IO[str]) -> None:
     counts: dict[str, int] = {}
     for incident in found:
         counts[incident.status.value] = counts.get(incident.status.value, 0) + 1
-    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
-    print(f"{len(found)} incidents in {lines} lines: {summary}\n", file=out)
+    if summary:
+        text = ", ".join(f"{n} {status}" for status, n in counts.items())
+        print(f"{len(found)} incidents in {lines} lines: {text}\n", file=out)
     for incident in found:
         i, rule = incident.interval, incident.rule
         print(
@@ -363,11 +481,17 @@ def _scan_table(found: list[Incident], lines: int, out: IO[str]) -> None:
             where += f" pods={','.join(i.pods[:5])}" + (" …" if len(i.pods) > 5 else "")
         print(f"  where:    {where}", file=out)
         span = _duration(i.last_seen - i.first_seen)
-        print(f"  when:     {_iso(i.first_seen)} → {_iso(i.last_seen)} ({span}), {i.count} lines", file=out)
+        if i.last_seen <= 0:  # the input had no times (pasted `kubectl describe` rows): the epoch says nothing
+            print(f"  when:     (no times in the input), {i.count} lines", file=out)
+        else:
+            print(f"  when:     {_iso(i.first_seen)} → {_iso(i.last_seen)} ({span}), {i.count} lines", file=out)
+        if incident.note:
+            note = textwrap.fill(incident.note, width=width, initial_indent="  note:     ", subsequent_indent=" " * 12)
+            print(note, file=out)
         print("  evidence:", file=out)
         for e in _evidence(incident):
             line = e.line if len(e.line) <= width - 26 else e.line[: width - 27] + "…"
-            print(f"    {_iso(e.time)}  {line.replace(chr(9), ' ')}", file=out)
+            print(f"    {_iso(e.time) if e.time > 0 else '(no time)':<20}  {line.replace(chr(9), ' ')}", file=out)
         fix = textwrap.fill(
             rule.remediation.get("en", ""), width=width, initial_indent="  fix:      ", subsequent_indent=" " * 12
         )
@@ -397,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "test": _rules_test,
         "list": _rules_list,
         "export": _rules_export,
+        "draft": _rules_draft,
     }
     handler = handlers[args.verb if args.command == "rules" else args.command]
     try:

@@ -9,17 +9,20 @@ associative, so the result does not depend on how records were split into batche
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import orjson
 
 from analyzer import incidents
-from analyzer.correlation import SIGNALS, ProxyReadiness
+from analyzer.correlation import GATED_RULES, SIGNALS, ProxyReadiness
 from analyzer.decode import Decoder, Format, record_from_mapping
 from analyzer.decode.docker import log_line
+from analyzer.decode.events import event_object, record_from_event
 from analyzer.match import CompiledCatalogue, Matcher, RecordPrefilter
+from analyzer.match.levels import CombinedPrefilter, LevelPrefilter, LevelWords
 from analyzer.types import Catalogue, IncidentKey, Interval, LogRecord, Occurrence, Rejected, Rule
+from analyzer.unclassified import LEVELS, RESOLVE_AFTER, Lane, TemplateRegistry, runs
 
 CORRELATED_RULE = "app-started-before-proxy"
 
@@ -31,7 +34,32 @@ class BatchResult:
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> records
     candidates: int = 0  # records decoded because the prefilter flagged them
     max_event_time: float | None = None
+    clamped: int = 0  # event times too far past their record's Kafka time (a node clock ahead), clamped to it
     overflowed: Counter[str] = field(default_factory=Counter)  # rule id -> occurrences sent to the overflow key
+    # The unclassified lane: component -> lines, component -> lines sent to the overflow template, and the
+    # synthetic rule of every unclassified rule id in ``intervals`` (the store needs a rule for each).
+    unclassified: Counter[str] = field(default_factory=Counter)
+    unclassified_overflow: Counter[str] = field(default_factory=Counter)
+    unclassified_rules: dict[str, Rule] = field(default_factory=dict)
+
+
+def _event_time(record: LogRecord, kafka_time: float, result: BatchResult) -> tuple[float, LogRecord]:
+    """The record's event time (its line's, else the Kafka time), at most MAX_FUTURE past the Kafka time.
+
+    A node clock running ahead would otherwise make an incident that sorts first and never resolves. Such a
+    time is replaced by the Kafka time (the best estimate of when the line was written) and counted. A Kafka
+    time of 0 or less means none is known (files, tests): the line's time is kept.
+    """
+    if record.time is None:
+        return kafka_time, record
+    if kafka_time > 0 and record.time > kafka_time + incidents.MAX_FUTURE:
+        result.clamped += 1
+        return kafka_time, replace(record, time=kafka_time)
+    return record.time, record
+
+
+def _first_id(expr_id: int, _from: int, _to: int, _flags: int, ids: list[int]) -> None:
+    ids.append(expr_id)  # (stopping the scan at the first match raises ScanTerminated: not worth it)
 
 
 def _undecodable(raw: bytes) -> Rejected:
@@ -85,15 +113,31 @@ class Pipeline:
         max_record_bytes: int = 1 << 20,
         max_keys_per_rule: int = 10_000,
         startup_window: float = 60.0,
+        unclassified: TemplateRegistry | None = None,  # None: no lane for errors no rule knows
     ) -> None:
         self.catalogue = catalogue
         self.rules: Mapping[str, Rule] = catalogue.by_id()
         self._matcher = Matcher(compiled)
-        self._prefilter = RecordPrefilter(compiled)
+        self._prefilter: RecordPrefilter | CombinedPrefilter = RecordPrefilter(compiled)
         self._default_cluster = default_cluster
         self._max_bytes = max_record_bytes
         self.readiness = ProxyReadiness(startup_window=startup_window, state_ttl=3600.0)
         self.keys = KeyCap(max_keys_per_rule)
+        self.unclassified = unclassified
+        self._exact = compiled.db
+        # The lane needs the error lines no literal flags: one scan flags both (rule literals, level words),
+        # unless the catalogue has no prefilter (then every record is a candidate: a separate level scan).
+        self._levels: LevelPrefilter | None = None
+        if unclassified is not None:
+            if compiled.prefilter is not None:
+                self._prefilter = CombinedPrefilter(compiled)
+                self._level_words = LevelWords()
+            else:
+                self._levels = LevelPrefilter()
+        self._lane = None if unclassified is None else Lane(unclassified, default_cluster)
+        # Told of every gated match (rule id, record, event time, admitted): `scan` reports where the gate
+        # could not rest on the pod's istio-proxy lines. None in the service.
+        self.on_gate: Callable[[str, LogRecord, float, bool], None] | None = None
 
     def _match_candidate(self, raw: bytes) -> tuple[LogRecord, tuple[str, ...]] | Rejected | None:
         """Decode just enough to match; build the full record only for a match."""
@@ -103,6 +147,12 @@ class Pipeline:
             except orjson.JSONDecodeError:
                 return _undecodable(raw)
             if type(obj) is dict:
+                if event_object(obj) is not None:  # a Kubernetes event: matched on its canonical text
+                    event = record_from_event(obj, max_line_bytes=self._max_bytes)
+                    if isinstance(event, Rejected):
+                        return event
+                    owners = self._matcher.one(event.line)
+                    return (event, owners) if owners else None
                 text = obj.get("log")
                 if type(text) is not str:
                     text = obj.get("message")
@@ -123,8 +173,14 @@ class Pipeline:
         owners = self._matcher.one(decoded.line)
         return (decoded, owners) if owners else None
 
-    def __call__(self, values: Sequence[bytes], timestamps: Sequence[float]) -> BatchResult:
-        """``timestamps``: the Kafka record times (seconds), the event time of last resort."""
+    def __call__(
+        self,
+        values: Sequence[bytes],
+        timestamps: Sequence[float],
+        fill: Callable[[int, LogRecord], LogRecord] | None = None,
+    ) -> BatchResult:
+        """``timestamps``: the Kafka record times (seconds), the event time of last resort (read only for the
+        records decoded). ``fill(index, record)``: metadata for decoded records that carry none (`scan`)."""
         result = BatchResult()
         screened: list[int] = []
         max_bytes = self._max_bytes
@@ -150,7 +206,9 @@ class Pipeline:
                 result.rejected[matched.reason] += 1
             elif matched is not None:
                 record, owners = matched
-                when = record.time if record.time is not None else timestamps[i]
+                if fill is not None:
+                    record = fill(i, record)
+                when, record = _event_time(record, timestamps[i], result)
                 found.append((when, record, owners))
         # Signals and app lines of one pod can share a batch: feed them in event-time order.
         found.sort(key=lambda item: item[0])
@@ -166,8 +224,12 @@ class Pipeline:
                 rule = self.rules.get(owner)
                 if rule is None or not rule.applies_to(record.container, record.namespace):
                     continue
-                if owner == CORRELATED_RULE and not self.readiness.admits(record, when):
-                    continue
+                if owner in GATED_RULES:
+                    admitted = self.readiness.admits(record, when)
+                    if self.on_gate is not None:
+                        self.on_gate(owner, record, when, admitted)
+                    if not admitted:
+                        continue
                 result.matches[owner] += 1
                 o = self.keys(
                     incidents.occurrence(rule, record, self._default_cluster, when), rule.resolve_after, result
@@ -175,7 +237,67 @@ class Pipeline:
                 per_key.setdefault((owner, o.key), []).append(incidents.singleton(o))
         for (owner, _), singles in per_key.items():
             result.intervals.extend(incidents.fold(singles, self.rules[owner].resolve_after))
+        if self._lane is not None:
+            if self._levels is None:
+                lane_hits = candidates  # the combined prefilter flagged the level words too
+            else:
+                lane_hits = self._levels(batch).tolist()
+                lane_hits = lane_hits if batch is values else [screened[j] for j in lane_hits]
+            self._unclassified(values, timestamps, lane_hits, result, fill)
         return result
 
+    def sizes(self) -> tuple[int, int]:
+        """(live keys, live unclassified templates). Read it on the thread that runs the pipeline: it walks
+        state the batches change (the ingest calls it after each batch and each eviction)."""
+        return len(self.keys), len(self.unclassified) if self.unclassified is not None else 0
+
+    def _unclassified(
+        self,
+        values: Sequence[bytes],
+        timestamps: Sequence[float],
+        hits: list[int],
+        result: BatchResult,
+        fill: Callable[[int, LogRecord], LogRecord] | None = None,
+    ) -> None:
+        """Error lines of mesh components that no catalogue expression matched -> unclassified intervals.
+
+        Only records with a level word are looked at (``LevelPrefilter``); they are decoded again, apart from
+        the catalogue path, which keeps that path untouched for the lines that are not errors.
+        """
+        lane, registry = self._lane, self.unclassified
+        assert lane is not None and registry is not None
+        per_key: dict[tuple[str, IncidentKey], list[Occurrence]] = {}
+        screen = self._levels is None  # hits are the combined prefilter's: most hold a rule literal, no level
+        for i in hits:
+            if screen and not self._level_words(values[i]):
+                continue
+            record = Decoder(Format.AUTO, max_line_bytes=self._max_bytes)(values[i])
+            if not isinstance(record, LogRecord) or record.level not in LEVELS:
+                continue
+            if fill is not None:
+                record = fill(i, record)
+            ids: list[int] = []
+            self._exact.scan(record.line, match_event_handler=_first_id, context=ids)
+            if ids:
+                continue  # a rule (or a rule's look-alike exclusion) knows this line
+            when, record = _event_time(record, timestamps[i], result)
+            found = lane(record, when)
+            if found is None:
+                continue
+            component, rid = found.template.component, found.template.rule_id
+            result.unclassified[component] += 1
+            if found.overflow:
+                result.unclassified_overflow[component] += 1
+            result.unclassified_rules[rid] = registry.rules[rid]
+            if result.max_event_time is None or when > result.max_event_time:
+                result.max_event_time = when
+            o = self.keys(found.occurrence, RESOLVE_AFTER, result)
+            per_key.setdefault((rid, o.key), []).append(o)
+        for (rid, key), group in per_key.items():
+            # one sort per key (the same intervals as folding singletons; error bursts make long groups)
+            result.intervals.extend(runs(rid, key, group))
+
     def evict(self, stream_time: float) -> int:
+        if self.unclassified is not None:
+            self.unclassified.note_stream_time(stream_time)
         return self.readiness.evict(stream_time) + self.keys.evict(stream_time)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,24 +97,6 @@ def test_rules_list_json() -> None:
 
 
 @pytest.mark.skipif(shutil.which("grep") is None, reason="GNU grep not installed")
-def test_export_is_valid_for_grep_and_finds_the_same_lines(tmp_path: Path) -> None:
-    lines = [entry["line"] for entry in corpus_lines()]
-    corpus = tmp_path / "corpus.log"
-    corpus.write_text("\n".join(lines) + "\n")
-    exported = tmp_path / "patterns.txt"
-    exported.write_bytes(run("rules", "export").stdout)
-    grep = subprocess.run(
-        ["grep", "-E", "-n", "-f", str(exported), str(corpus)],
-        capture_output=True,
-        env={**os.environ, "LC_ALL": "C"},
-        check=False,
-    )
-    assert grep.returncode in (0, 1) and not grep.stderr, grep.stderr
-    grep_lines = {int(line.split(b":", 1)[0]) for line in grep.stdout.splitlines()}
-    ours = {json.loads(line)["line_no"] for line in run("match", str(corpus)).stdout.splitlines()}
-    assert ours and grep_lines == ours
-
-
 # -- match ------------------------------------------------------------------------------------------------
 
 
@@ -214,6 +197,16 @@ def test_scan_table_is_readable() -> None:
         assert text in out
 
 
+def test_scan_of_rows_without_times_is_not_resolved_at_the_epoch() -> None:
+    """Pasted `kubectl describe` rows carry no times: status at their latest occurrence, no 1970 dates."""
+    probe = "Readiness probe failed: HTTP probe failed with statuscode: 503"
+    rows = f"  Warning  Unhealthy  3m (x12 over 5m)  kubelet  {probe}\n"
+    incidents = scan_json(rows)
+    assert incidents and all(i["status"] != "resolved" for i in incidents)
+    table = run("scan", stdin=rows.encode()).stdout.decode()
+    assert "(no times in the input)" in table and "1970" not in table
+
+
 def test_scan_corpus_finds_the_seed_problems(tmp_path: Path) -> None:
     path = tmp_path / "corpus.log"
     path.write_text("\n".join(entry["line"] for entry in corpus_lines()) + "\n")
@@ -247,3 +240,100 @@ def test_bad_exclude_is_refused_with_file_rule_and_reason(tmp_path: Path) -> Non
     result = run("rules", "check", "--patterns", str(tmp_path))
     assert result.returncode == 1
     assert b"r.yaml: rule not-ready: 'exclude' expression '(unclosed' does not compile" in result.stderr
+
+
+# -- scan: the app-started-before-proxy gate over the proxy's and the app's logs --------------------------
+
+_POD = "shop-5c8b7d9f4-x2x9k"
+
+
+def _kubectl_ts(t: float, line: str) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z ") + line
+
+
+def _proxy_lines(t0: float, ready_after: float) -> list[str]:
+    lines = [istio_line(t0, "Starting proxy agent", level="info", scope="")]
+    lines += [
+        istio_line(t0 + s, "Envoy proxy is NOT ready: config not received from XDS server", level="warn", scope="")
+        for s in range(2, int(ready_after), 2)
+    ]
+    lines.append(istio_line(t0 + ready_after, "Envoy proxy is ready", level="info", scope=""))
+    return [line.replace("\t\t", "\t") for line in lines]
+
+
+def _gated_incidents(result: subprocess.CompletedProcess[bytes]) -> list[dict[str, object]]:
+    assert result.returncode == 0, result.stderr
+    return [i for i in json.loads(result.stdout) if i["rule"] == "app-started-before-proxy"]
+
+
+def test_scan_gates_app_refusals_with_the_proxy_log(tmp_path: Path) -> None:
+    t0 = 1.7e9
+    (tmp_path / "proxy.log").write_text("\n".join(_proxy_lines(t0, ready_after=90)) + "\n")
+    refused = "java.net.ConnectException: Connection refused"
+    # 80 s: past the start window but the proxy is still NOT ready; 400 s: ready long since
+    (tmp_path / "app.log").write_text("\n".join(_kubectl_ts(t0 + s, refused) for s in (80, 82, 400)) + "\n")
+    args = ("scan", "--output", "json", "--namespace", "shop", "--pod", _POD)
+    result = run(*args, str(tmp_path / "app.log"), str(tmp_path / "proxy.log"))
+    [incident] = _gated_incidents(result)
+    assert incident["count"] == 2 and "note" not in incident
+    assert incident["last_seen"] == _iso(t0 + 82)
+    assert b"note:" not in result.stderr
+    # the same app log alone: the gate cannot apply, every line counts, and scan says so
+    alone = run(*args, str(tmp_path / "app.log"))
+    [incident] = _gated_incidents(alone)
+    assert incident["count"] == 3 and "line rule alone" in str(incident["note"])
+    err = alone.stderr.decode()
+    assert "note:" in err and f"shop/{_POD}" in err and "--prefix --timestamps" in err
+    table = run("scan", "--namespace", "shop", "--pod", _POD, str(tmp_path / "app.log")).stdout.decode()
+    assert "note:" in table and "could not be applied to 3 of 3 lines" in table
+
+
+def test_scan_reads_pod_and_container_from_kubectl_prefix_lines() -> None:
+    t0 = 1.7e9
+    proxy = [f"[pod/{_POD}/istio-proxy] {line}" for line in _proxy_lines(t0, ready_after=4)]
+    app = [f"[pod/{_POD}/shop] {_kubectl_ts(t0 + 600, 'Error: connect ECONNREFUSED 10.96.2.2:80')}"]
+    result = run("scan", "--output", "json", "-", stdin=("\n".join(proxy + app) + "\n").encode())
+    assert _gated_incidents(result) == []  # ready long before: some other problem, not this one
+    assert b"note:" not in result.stderr
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.skipif(shutil.which("grep") is None, reason="GNU grep not installed")
+def test_export_finds_a_superset_that_only_excludes_narrow(tmp_path: Path) -> None:
+    """grep knows no ``exclude``: it finds every line we find, and the lines only it finds are excluded ones."""
+    from analyzer.catalogue import load_catalogue
+
+    lines = [entry["line"] for entry in corpus_lines()]
+    corpus = tmp_path / "corpus.log"
+    corpus.write_text("\n".join(lines) + "\n")
+    exported = tmp_path / "patterns.txt"
+    exported.write_bytes(run("rules", "export").stdout)
+    grep = subprocess.run(
+        ["grep", "-E", "-n", "-f", str(exported), str(corpus)],
+        capture_output=True,
+        env={**os.environ, "LC_ALL": "C"},
+        check=False,
+    )
+    assert grep.returncode in (0, 1) and not grep.stderr, grep.stderr  # every exported expression is valid ERE
+    grep_lines = {int(line.split(b":", 1)[0]) for line in grep.stdout.splitlines()}
+    ours = {json.loads(line)["line_no"] for line in run("match", str(corpus)).stdout.splitlines()}
+    assert ours and ours <= grep_lines
+    excluding = [rule for rule in load_catalogue(PATTERNS).rules if rule.exclude]
+    for n in grep_lines - ours:
+        line = lines[n - 1]
+        assert any(re.search(e.pattern, line) for rule in excluding for e in rule.exclude), line
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000 + "]" * 100_000, "rules:\n" + "".join(" " * (2 * i) + "- a:\n" for i in range(3000))],
+    ids=["flow", "block"],
+)
+def test_deeply_nested_yaml_is_refused_not_a_crash(tmp_path: Path, text: str) -> None:
+    (tmp_path / "nested.yaml").write_text(text)
+    result = run("rules", "check", "--patterns", str(tmp_path))
+    assert result.returncode == 1, result  # a segfault of a C parser would be -11
+    assert b"nested.yaml: invalid YAML: nested too deeply" in result.stderr
