@@ -23,6 +23,8 @@ class Category(StrEnum):
     INJECTION = "injection"
     ACCESS_DENIED = "access-denied"
     PROXY_CRASH = "proxy-crash"
+    # Errors of mesh components that no rule knows (analyzer/unclassified.py); never a catalogue rule's.
+    UNCLASSIFIED = "unclassified"
 
 
 class Severity(StrEnum):
@@ -38,6 +40,7 @@ class Component(StrEnum):
     ISTIO_PROXY = "istio-proxy"
     ISTIO_INIT = "istio-init"
     ISTIO_CNI = "istio-cni"
+    ZTUNNEL = "ztunnel"
     APP = "app"
     ANY = "any"
 
@@ -78,6 +81,8 @@ COMPONENT_CONTAINERS: Mapping[Component, frozenset[str]] = MappingProxyType(
         Component.ISTIO_PROXY: frozenset({"istio-proxy", "istio-ingressgateway", "istio-egressgateway"}),
         Component.ISTIO_INIT: frozenset({"istio-init", "istio-validation"}),
         Component.ISTIO_CNI: frozenset({"install-cni", "istio-cni", "istio-cni-node", "cni-agent"}),
+        # The ztunnel DaemonSet's container is named istio-proxy (shared with sidecars and waypoints).
+        Component.ZTUNNEL: frozenset({"istio-proxy", "ztunnel"}),
     }
 )
 ISTIO_CONTAINERS = frozenset().union(*COMPONENT_CONTAINERS.values())
@@ -136,6 +141,7 @@ class LogRecord:
     stream: str | None = None
     level: str | None = None  # normalised: debug, info, warn, error, fatal
     scope: str | None = None  # Istio log scope (klog, ads, envoy config, ...)
+    workload: str | None = None  # the owning workload where the record names it (a Kubernetes event's object)
 
     @property
     def text(self) -> str:
@@ -206,11 +212,12 @@ class OffsetUpdate:
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """What one batch changed: written in one store transaction together with its offsets."""
+    """What one batch changed: written in one store transaction together with its offsets.
 
-    upserts: tuple[Interval, ...] = ()
-    deletes: tuple[str, ...] = ()  # interval ids replaced by a merge
-    stream_time: float | None = None
-    # New occurrences folded within one batch: the store merges each into what it already holds for the same
-    # rule and key (within resolve_after), so consumers of different partitions build one incident together.
+    ``merges`` are the batch's new occurrences, folded within the batch only: the store merges each into what
+    it already holds for the same rule and key (within resolve_after), in place, so consumers of different
+    partitions build one incident together and an incident keeps its id (and its ack) as it grows.
+    """
+
     merges: tuple[Interval, ...] = ()
+    stream_time: float | None = None

@@ -251,7 +251,8 @@ def test_literal_check_rejects_what_it_should() -> None:
 
 def test_catalogue_size_and_categories(catalogue: Catalogue) -> None:
     assert len(catalogue.rules) >= MIN_RULES
-    assert {r.category for r in catalogue.rules} == set(Category)
+    # Every category but the analyzer's own lane for errors no rule knows, which rules may not use.
+    assert {r.category for r in catalogue.rules} == set(Category) - {Category.UNCLASSIFIED}
 
 
 REQUIRED: dict[str, tuple[Category, Component | None]] = {
@@ -309,7 +310,9 @@ EXPECTED: dict[str | tuple[str, str], str] = {
     "istiod-debug-auth": "istiod-debug-endpoint-unauthenticated",
     "istiod-gateway-port-conflict": "istiod-gateway-port-conflict",
     "galley-validation-webhook": "istiod-webhook-endpoint-not-ready",
-    "envoy-legacy-xds-stream": "proxy-xds-stream-closed",
+    # "closed: 13," alone is istiod closing the stream on purpose (every ~30 min): benign, not expected here.
+    ("envoy-legacy-xds-stream", "closed: 14"): "proxy-xds-stream-closed",
+    ("envoy-legacy-xds-stream", "Unable to establish new stream"): "proxy-xds-stream-closed",
     "envoy-legacy-xds-stream-503": "proxy-xds-stream-closed",
     "envoy-xds-stream-closed": "proxy-xds-stream-closed",
     "format-derived:envoy-app-log-text": "proxy-xds-stream-closed",
@@ -330,7 +333,7 @@ EXPECTED: dict[str | tuple[str, str], str] = {
     "injection-webhook-apiserver": "injection-webhook-unreachable",
     "istio-init-failure": "istio-init-iptables-failure",
     "istio-init-panic": "istio-init-iptables-failure",
-    "istio-validation-failure": "istio-init-iptables-failure",
+    "istio-validation-failure": "istio-validation-redirect-missing",
     "istio-cni-ambient-error": "istio-cni-ztunnel-unavailable",
     ("kubelet-event-probe", "pod/istio-cni-node-"): "istio-cni-node-not-ready",
     ("kubelet-event-probe", ":15021/healthz/ready"): "sidecar-readiness-probe-failed",
@@ -357,6 +360,8 @@ ALSO: dict[str, set[str]] = {
     "proxy-xds-stream-closed": {"proxy-istio-token-unreadable"},
     "proxy-ca-unreachable": {"proxy-istiod-unreachable"},
     "access-upstream-no-healthy": {"access-blackhole-egress"},
+    # a pod not created because the injector's certificate is untrusted: the effect and the cause
+    "webhook-certificate-untrusted": {"k8s-event-injection-webhook-tls-failed"},
 }
 
 # Healthy or purely informational lines: no rule above severity info may fire on them.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from shlex import quote
 
 from analyzer.api.params import to_datetime
-from analyzer.types import Category, Component, Evidence, IncidentKey, Rule
+from analyzer.types import COMPONENT_CONTAINERS, Category, Component, Evidence, IncidentKey, Rule
 
 MAX_PODS = 3  # commands for the first few pods; the evidence lists the rest
 LOOKBACK = timedelta(minutes=1)  # start the logs a little before the first occurrence
@@ -47,6 +47,20 @@ def _containers(evidence: Sequence[Evidence]) -> dict[str, str]:
     return out
 
 
+_INFERRED = (Component.ISTIOD, Component.ISTIO_PROXY, Component.ISTIO_INIT, Component.ISTIO_CNI)
+
+
+def _component(rule: Rule | None, containers: Iterable[str], workload: str | None) -> Component | None:
+    """The rule's component; for a rule of any component, the one its evidence came from."""
+    if rule is not None and rule.component is not Component.ANY:
+        return rule.component
+    seen = set(containers)
+    for component in _INFERRED:
+        if seen & COMPONENT_CONTAINERS[component]:
+            return component
+    return Component.ISTIOD if workload is not None and workload.startswith("istiod") else None
+
+
 def look_further(
     key: IncidentKey,
     pods: Sequence[str],
@@ -58,9 +72,9 @@ def look_further(
     since = f"--since-time={_since_time(first_seen)}"
     namespace = _known(key.namespace, _LABEL)
     workload = _known(key.workload)
-    component = rule.component if rule else None
     category = rule.category if rule else None
     containers = _containers(evidence)
+    component = _component(rule, containers.values(), workload)
     commands: list[str] = []
 
     if component is Component.ISTIOD:

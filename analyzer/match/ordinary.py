@@ -116,11 +116,31 @@ _ANNOTATIONS = {
     "prometheus.io/scrape": "true",
 }
 SAMPLE_LINES = 1000
-SAMPLE_VERSION = "1"  # bump when the sample changes: cached literal choices depend on it
+SAMPLE_VERSION = "2"  # bump when the sample changes: cached literal choices depend on it
+
+
+# The pods of the control plane and the node agents (DaemonSets: the pod name is all the prefix a node gets):
+# their metadata is in every record they write, so a rule literal naming them is no prefilter.
+_MESH_PODS = {
+    "discovery": ("istiod-5c7f9b8d4-{x}", "istio-system", "istiod", "discovery"),
+    "install-cni": ("istio-cni-node-{x}", "istio-system", "istio-cni-node", "install-cni"),
+    "ztunnel": ("ztunnel-{x}", "istio-system", "ztunnel", "istio-proxy"),  # its container is istio-proxy
+}
+_CNI = (
+    "cni-agent\tIstio CNI configuration and binaries validated/reinstalled",
+    "cni-agent\tcni plugin ready: /host/etc/cni/net.d/10-calico.conflist",
+    "repair\tRepair controller started: watching pods on node gke-pool-a-7c1d",
+    "ambient\tpod {ns}/{svc}-7d9f8b6c5d-x2x4q enrolled in the mesh",
+    "controllers\tstarting\tcontroller=ambient",
+)
 
 
 def _envelope(rnd: random.Random, line: str, container: str, svc: str, ns: str, n: int) -> bytes:
-    pod = f"{svc}-7d9f8b6c5d-{rnd.choice('bcdfghjk')}{rnd.randrange(10000):04d}"
+    suffix = f"{rnd.choice('bcdfghjk')}{rnd.randrange(10000):04d}"
+    pod = f"{svc}-7d9f8b6c5d-{suffix}"
+    if container in _MESH_PODS:
+        name, ns, svc, container = _MESH_PODS[container]
+        pod = name.format(x=suffix)
     return orjson.dumps(
         {
             "@timestamp": 1717236000.0 + n,
@@ -213,7 +233,9 @@ def ordinary_records() -> tuple[bytes, ...]:
         elif kind == 8:
             line, container = rnd.choice(_ENVOY).format(**fill), "istio-proxy"
         elif n % 20 == 9:
-            line, container = f"{stamp}\tinfo\t{rnd.choice(_ZTUNNEL).format(**fill)}", "istio-proxy"
+            line, container = f"{stamp}\tinfo\t{rnd.choice(_ZTUNNEL).format(**fill)}", "ztunnel"
+        elif n % 40 == 19:
+            line, container = f"{stamp}\tinfo\t{rnd.choice(_CNI).format(**fill)}", "install-cni"
         else:
             reason, kind_name, message = rnd.choice(_EVENTS)
             line, container = f"Normal\t{reason}\t{kind_name}/{svc}\t{message.format(**fill)}", "kubernetes-event"

@@ -52,7 +52,7 @@ def _cuts(starts: npt.NDArray[np.int64]) -> list[int]:
     return list(np.unique(np.concatenate(([0, n], byte_cuts, line_cuts))).tolist())
 
 
-def _scan_batches(db: Any, lines: Sequence[bytes]) -> IndexArray:
+def scan_batches(db: Any, lines: Sequence[bytes]) -> IndexArray:
     """Indices of lines where a batch scan reported a match end (a superset of the matching lines)."""
     if not lines:
         return np.empty(0, dtype=np.intp)
@@ -119,7 +119,7 @@ class Matcher:
 
     def candidates(self, lines: Sequence[bytes]) -> IndexArray:
         """Indices of lines the batch scan flags (a superset of the matching lines)."""
-        return _scan_batches(self._db, lines)
+        return scan_batches(self._db, lines)
 
     def __call__(self, lines: Sequence[bytes]) -> list[tuple[int, tuple[str, ...]]]:
         """(index, owners) for every line that matches, in input order."""
@@ -150,4 +150,4 @@ class RecordPrefilter:
         self._db = compiled.prefilter
 
     def __call__(self, records: Sequence[bytes]) -> IndexArray:
-        return _scan_batches(self._db, records)
+        return scan_batches(self._db, records)
