@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -23,12 +23,17 @@ from analyzer.incidents import StreamClock
 from analyzer.match import CompiledCatalogue, compile_catalogue
 from analyzer.metrics import Metrics
 from analyzer.pipeline import Pipeline
-from analyzer.store import Store, open_store
-from analyzer.types import Catalogue, Rule
+from analyzer.store import IncidentQuery, Store, open_store
+from analyzer.types import Catalogue, Category, Rule
+from analyzer.unclassified import TemplateRegistry, template_from_evidence, with_rules
 
 log = structlog.get_logger("analyzer.service")
 
 METRICS_REFRESH = 5.0
+READY_PROBE_INTERVAL = 1.0  # seconds between the background store probes /readyz answers from
+READY_FRESH = 3.0  # a probe older than this is not trusted (the prober is stuck behind the store)
+READY_INLINE = 0.8  # without a fresh probe, /readyz probes itself, never longer than this
+RETENTION_PAUSE = 0.05  # seconds between retention batches: batch writes get the store in between
 STREAM_TIME_TTL = 1.0  # seconds the API may reuse the stream time it read from the store
 
 
@@ -52,7 +57,9 @@ class CatalogueHolder:
         return cls(settings, metrics, catalogue, compiled, _pipeline(settings, catalogue, compiled))
 
     def rules(self) -> Mapping[str, Rule]:
-        return self.pipeline.rules
+        """The catalogue's rules, and the synthetic rules of the unclassified templates this process knows."""
+        registry = self.pipeline.unclassified
+        return with_rules(self.pipeline.rules, registry.rules if registry is not None else None)
 
     async def reload_async(self) -> list[str]:
         """``reload`` off the event loop (compiling takes seconds), serialized with every other reload."""
@@ -74,7 +81,7 @@ class CatalogueHolder:
             log.error("catalogue reload refused; keeping the running one", problems=problems)
             return problems
         old = self.pipeline
-        pipeline = _pipeline(self.settings, catalogue, compiled)
+        pipeline = _pipeline(self.settings, catalogue, compiled, old.unclassified)  # templates survive too
         pipeline.readiness, pipeline.keys = old.readiness, old.keys  # per-pod and per-key state survive
         self.catalogue, self.compiled, self.pipeline = catalogue, compiled, pipeline
         self.loaded_at = time.time()
@@ -93,7 +100,11 @@ def _compile(settings: Settings) -> tuple[Catalogue, CompiledCatalogue]:
     return catalogue, compile_catalogue(catalogue, SIGNALS)
 
 
-def _pipeline(settings: Settings, catalogue: Catalogue, compiled: CompiledCatalogue) -> Pipeline:
+def _pipeline(
+    settings: Settings, catalogue: Catalogue, compiled: CompiledCatalogue, templates: TemplateRegistry | None = None
+) -> Pipeline:
+    if settings.unclassified and templates is None:
+        templates = TemplateRegistry(settings.unclassified_max_templates)
     return Pipeline(
         catalogue,
         compiled,
@@ -101,6 +112,7 @@ def _pipeline(settings: Settings, catalogue: Catalogue, compiled: CompiledCatalo
         max_record_bytes=settings.max_record_bytes,
         max_keys_per_rule=settings.max_keys_per_rule,
         startup_window=settings.startup_window,
+        unclassified=templates if settings.unclassified else None,
     )
 
 
@@ -117,12 +129,34 @@ class Service:
     ingest: object | None = None  # KafkaIngest; typed loosely so the API does not import aiokafka
     store_ok: bool = True
     _stream_time: tuple[float, float] | None = None  # (monotonic time read, value)
+    _probe: tuple[float, bool] | None = None  # (monotonic time, the store answered) of the last store probe
+
+    async def probe_store(self, bound: float = READY_FRESH) -> bool:
+        """Ping the store within ``bound`` seconds and remember the answer for /readyz."""
+        try:
+            ok = await asyncio.wait_for(self.store.ping(), bound)
+        except TimeoutError:
+            ok = False
+        self._probe = (time.monotonic(), ok)
+        return ok
 
     async def ready(self) -> tuple[bool, dict[str, object]]:
+        """Readiness from cached state: the background probe's answer (at most READY_FRESH old), the consumer's
+        flag and the store's last write. Without a fresh probe it probes itself, bounded by READY_INLINE, so an
+        answer never takes a second, and never waits behind a batch write."""
         consuming = bool(getattr(self.ingest, "consuming", False))
-        self.store_ok = await self.store.ping()
-        detail: dict[str, object] = {"consuming": consuming, "store": self.store_ok}
-        ok = consuming and self.store_ok
+        probe = self._probe
+        if probe is None or time.monotonic() - probe[0] > READY_FRESH:
+            self.store_ok = await self.probe_store(READY_INLINE)
+        else:
+            self.store_ok = probe[1]
+        # Reads answering is not enough: a store whose writes fail (disk full, read-only, a wedged connection)
+        # holds every partition still, so it is not ready until a write succeeds again.
+        write_failure = self.store.write_failure()
+        detail: dict[str, object] = {"consuming": consuming, "store": self.store_ok, "store_writes": not write_failure}
+        if write_failure:
+            detail["store_error"] = write_failure
+        ok = consuming and self.store_ok and not write_failure
         self.metrics.ready.set(1 if ok else 0)
         return ok, detail
 
@@ -140,30 +174,109 @@ class Service:
         return value
 
 
+async def restore_templates(store: Store, templates: TemplateRegistry, stream_time: float, limit: float) -> int:
+    """Know the stored unclassified templates again after a restart (their titles, for the API).
+
+    Templates are pure functions of lines, so each is re-derived from one stored evidence line. Bounded:
+    at most a few pages of incidents and one read per template (each within ``limit`` seconds); a failure
+    only costs titles, not data.
+    """
+    seen: set[str] = set()
+    cursor: str | None = None
+    try:
+        for _ in range(5):
+            query = IncidentQuery(
+                category=Category.UNCLASSIFIED.value, limit=1000, cursor=cursor, stream_time=stream_time
+            )
+            page = await asyncio.wait_for(store.list_incidents(query), limit)
+            for item in page.items:
+                if item.rule_id in seen or len(seen) >= templates.max_templates:
+                    continue
+                seen.add(item.rule_id)
+                row = await asyncio.wait_for(store.get_incident(item.id, stream_time), limit)
+                lines = [e.line for e in (*row.head, *row.tail)] if row is not None else []
+                template = template_from_evidence(item.rule_id, lines)
+                if template is not None:
+                    templates.restore(template, item.last_seen)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    except (StoreError, TimeoutError) as exc:
+        log.warning("cannot read back unclassified templates", error=str(exc) or type(exc).__name__)
+    return len(seen)
+
+
 async def _refresh_metrics(service: Service, stop: asyncio.Event) -> None:
-    previous_suppressed: dict[str, int] = {}
     while not stop.is_set():
         try:
             stream_time = await service.stream_time()
             rows = await asyncio.wait_for(service.store.counts_by_status(stream_time), service.settings.store_timeout)
             service.metrics.incidents.clear()
-            suppressed: dict[str, int] = {}
             for status, category, severity, count in rows:
                 service.metrics.incidents.labels(status, category, severity).set(count)
-            for rule_id, count in await service.store.suppressed_by_rule(stream_time):
-                suppressed[rule_id] = count
-                grew = count - previous_suppressed.get(rule_id, 0)
-                if grew > 0:
-                    service.metrics.suppressed.labels(rule_id).inc(grew)
-            previous_suppressed = suppressed
+            # Counted where it happens: each incident once, by the replica whose claim marks it.
+            claimed = await asyncio.wait_for(
+                service.store.claim_suppressed(stream_time), service.settings.store_timeout
+            )
+            for rule_id, count in claimed:
+                service.metrics.suppressed.labels(rule_id).inc(count)
             service.metrics.watermark_age.set(max(0.0, time.time() - stream_time))
-            service.metrics.live_intervals.set(len(service.holder.pipeline.keys))
             await service.ready()
         except (StoreError, TimeoutError) as exc:
             log.warning("metrics refresh failed", error=str(exc) or type(exc).__name__)
             service.metrics.ready.set(0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), METRICS_REFRESH)
+
+
+async def _probe_store(service: Service, stop: asyncio.Event) -> None:
+    """Keeps the store probe /readyz answers from fresh (a probe that hangs simply lets it go stale)."""
+    while not stop.is_set():
+        await service.probe_store()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), READY_PROBE_INTERVAL)
+
+
+async def purge_once(store: Store, settings: Settings, stream_time: float | None, now: float) -> dict[str, int]:
+    """One retention pass: batches of ``retention_batch`` rows (one transaction each) until none is full.
+
+    Incidents settled more than ``retention`` ago in stream time (so a replay of old data is not deleted as it
+    arrives), silences expired more than ``retention`` ago on the wall clock. Returns the totals deleted."""
+    keep, batch = settings.retention, settings.retention_batch
+    incidents_before = None if stream_time is None else stream_time - keep
+    silences_before: float | None = now - keep
+    totals = {"incidents": 0, "aliases": 0, "silences": 0}
+    while incidents_before is not None or silences_before is not None:
+        n_incidents, n_aliases, n_silences = await asyncio.wait_for(
+            store.purge(incidents_before, silences_before, batch), settings.store_timeout
+        )
+        totals["incidents"] += n_incidents
+        totals["aliases"] += n_aliases
+        totals["silences"] += n_silences
+        if n_incidents < batch:
+            incidents_before = None
+        if n_silences < batch:
+            silences_before = None
+        await asyncio.sleep(RETENTION_PAUSE)
+    return totals
+
+
+async def _retention(service: Service, stop: asyncio.Event, wall: Callable[[], float] = time.time) -> None:
+    """Every ``retention_interval``: delete what retention no longer keeps (see ``purge_once``)."""
+    settings = service.settings
+    while not stop.is_set():
+        try:
+            stored = await asyncio.wait_for(service.store.stream_time(), settings.store_timeout)
+            totals = await purge_once(service.store, settings, stored, wall())
+        except (StoreError, TimeoutError) as exc:
+            log.warning("retention pass failed; retrying later", error=(str(exc) or type(exc).__name__)[:300])
+        else:
+            for kind, n in totals.items():
+                service.metrics.retention_deleted.labels(kind).inc(n)
+            if any(totals.values()):
+                log.info("retention deleted old rows", retention_seconds=settings.retention, **totals)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.retention_interval)
 
 
 async def run(settings: Settings) -> None:
@@ -186,12 +299,14 @@ async def run(settings: Settings) -> None:
         await ensure_topics(broker.bootstrap, list(settings.kafka_topics))
         log.info("started the bundled local broker (memory only)", bootstrap=broker.bootstrap)
 
-    store = open_store(settings.store_url.get_secret_value())
+    store = open_store(settings.store_url.get_secret_value(), timeout=settings.store_timeout)
     await store.open()
     clock = StreamClock(time.time, settings.allowed_lateness)
     stored_time = await store.stream_time(settings.kafka_group)
     if stored_time is not None:
         clock.observe(stored_time + settings.allowed_lateness)
+    if holder.pipeline.unclassified is not None:
+        await restore_templates(store, holder.pipeline.unclassified, clock.now(), settings.store_timeout)
     service = Service(settings, registry, metrics, store, holder, clock)
     ingest = KafkaIngest(settings, lambda: holder.pipeline, holder.rules, store, metrics, clock)
     service.ingest = ingest
@@ -221,7 +336,10 @@ async def run(settings: Settings) -> None:
         asyncio.create_task(ingest.run(stop), name="ingest"),
         asyncio.create_task(_refresh_metrics(service, stop), name="metrics"),
         asyncio.create_task(server.serve(), name="http"),
+        asyncio.create_task(_probe_store(service, stop), name="readiness"),
     ]
+    if settings.retention > 0:
+        tasks.append(asyncio.create_task(_retention(service, stop), name="retention"))
     if broker is not None and settings.demo:
         from analyzer.demo import feed
 

@@ -26,6 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 REAL_LINES = Path("/work/shared/corpus/istio_real_lines.jsonl")
@@ -911,16 +912,504 @@ def generate(
     return corpus
 
 
+# ------------------------------------------------------------------------------------------ adversarial mixes
+
+# Mixes built to break a literal prefilter (issue 9, part 2). Each is seeded, has about 1% real problem lines
+# like the corpus above, and keeps every other line benign except where a mix's own traffic carries Envoy
+# response flags in realistic proportions (those lines are problems a rule may rightly match).
+MIXES: dict[str, str] = {
+    "methods": "access logs (75% TEXT, 20% JSON) with every HTTP method, PUT/POST-heavy (PUT 30%, POST 30%)",
+    "codes-flags": "access logs, TEXT and JSON, every status code and response flag in normal proportions "
+    "(~96% 1xx-3xx/`-`, app 4xx/5xx via_upstream, ~1.3% Envoy flags NR UF UH URX DC UC UT UO RL UAEX DPE UPE ...)",
+    "control-plane": "istiod, pilot-agent, ztunnel and istio-cni info/warn lines dense in error, failed, warn, denied, "
+    "not ready, refused, timeout (benign: startup NOT ready, error=none, failed=0, *_error fields)",
+    "json-full": "JSON access logs with every field filled (no nulls): x-forwarded-for chains, long user agents, "
+    "SNI, route, upstream_transport_failure_reason/connection_termination_details (set on failures)",
+    "long-lines": "the corpus mix with 5% very long lines (4-64 KB): JSON app logs with joined stack traces, "
+    "JSON payload dumps, istiod mesh-config dumps",
+}
+MIX_DEFAULT_LINES = 200_000
+_GRPC_PATHS = {p for paths in _GRPC_METHODS.values() for p in paths} | {"/grpc.health.v1.Health/Check"}
+
+_ALL_METHODS = (
+    ("GET", 15),
+    ("POST", 30),
+    ("PUT", 30),
+    ("PATCH", 8),
+    ("DELETE", 7),
+    ("HEAD", 3),
+    ("OPTIONS", 4),
+    ("CONNECT", 1),
+    ("TRACE", 1),
+    ("PROPFIND", 0.5),
+    ("MKCOL", 0.2),
+    ("PURGE", 0.3),
+)
+# (code, flags, response_code_details, upstream_transport_failure_reason or None, weight)
+_OUTCOMES: tuple[tuple[int, str, str, str | None, float], ...] = (
+    (200, "-", "via_upstream", None, 86.0),
+    (201, "-", "via_upstream", None, 3.0),
+    (202, "-", "via_upstream", None, 0.5),
+    (204, "-", "via_upstream", None, 2.0),
+    (206, "-", "via_upstream", None, 0.3),
+    (101, "-", "via_upstream", None, 0.1),
+    (301, "-", "via_upstream", None, 0.3),
+    (302, "-", "via_upstream", None, 0.8),
+    (304, "-", "via_upstream", None, 1.2),
+    (307, "-", "via_upstream", None, 0.2),
+    (400, "-", "via_upstream", None, 0.6),
+    (401, "-", "via_upstream", None, 0.5),
+    (403, "-", "via_upstream", None, 0.3),
+    (404, "-", "via_upstream", None, 2.0),
+    (405, "-", "via_upstream", None, 0.1),
+    (408, "-", "via_upstream", None, 0.05),
+    (409, "-", "via_upstream", None, 0.1),
+    (410, "-", "via_upstream", None, 0.02),
+    (413, "-", "via_upstream", None, 0.02),
+    (415, "-", "via_upstream", None, 0.02),
+    (422, "-", "via_upstream", None, 0.2),
+    (429, "-", "via_upstream", None, 0.2),
+    (500, "-", "via_upstream", None, 0.3),
+    (501, "-", "via_upstream", None, 0.02),
+    (503, "-", "via_upstream", None, 0.05),
+    # Envoy-generated answers, ~1.3% together
+    (404, "NR", "route_not_found", None, 0.2),
+    (503, "UF", "upstream_reset_before_response_started{connection_failure}", "delayed_connect_error:_111", 0.1),
+    (503, "UF,URX", "upstream_reset_before_response_started{connection_failure}", "delayed_connect_error:_111", 0.05),
+    (503, "UH", "no_healthy_upstream", None, 0.1),
+    (503, "URX", "via_upstream", None, 0.05),
+    (0, "DC", "downstream_remote_disconnect", None, 0.2),
+    (503, "UC", "upstream_reset_before_response_started{connection_termination}", None, 0.08),
+    (504, "UT", "response_timeout", None, 0.1),
+    (503, "UO", "upstream_reset_before_response_started{overflow}", None, 0.03),
+    (429, "RL", "request_rate_limited", None, 0.05),
+    (403, "UAEX", "ext_authz_denied", None, 0.05),
+    (400, "DPE", "http1.codec_error", None, 0.03),
+    (502, "UPE", "upstream_reset_before_response_started{protocol_error}", None, 0.02),
+    (403, "-", "rbac_access_denied_matched_policy[none]", None, 0.05),
+    (
+        503,
+        "UF",
+        "upstream_reset_before_response_started{connection_failure,TLS_error:_268435581:SSL_routines:"
+        "OPENSSL_internal:CERTIFICATE_VERIFY_FAILED}",
+        "TLS_error:_268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED",
+        0.02,
+    ),
+)
+_LONG_AGENTS = [
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B Build/UP1A.231005.007; wv) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Version/4.0 Chrome/124.0.6367.113 Mobile Safari/537.36 [FB_IAB/FB4A;FBAV/460.0.0.48.109;IABMV/1;]",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/21E236 "
+    "Instagram 327.0.0.33.120 (iPhone15,3; iOS 17_4_1; en_US; en; scale=3.00; 1290x2796; 588612397) NW/3",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 "
+    "Edg/124.0.0.0 OPR/109.0.0.0 (Error-Reporter/2.1; Timeout-Aware; +https://example.com/bot-info)",
+    "okhttp/4.12.0 MyShopApp/8.31.2 (Android 13; Pixel 7 Pro; build 83102; channel=beta; failover=enabled; "
+    "retry-policy=exponential; denied-permissions=none)",
+    "aws-sdk-java/2.25.40 Linux/5.15.0-1057-aws OpenJDK_64-Bit_Server_VM/17.0.10+7-LTS Java/17.0.10 vendor/Eclipse_"
+    "Adoptium io/sync http/Apache cfg/retry-mode/legacy cfg/auth-source#imds",
+]
+_TRANSPORT_FAILURES = (
+    "delayed_connect_error:_111",
+    "delayed_connect_error:_Connection_refused",
+    "TLS_error:_268436502:SSL_routines:OPENSSL_internal:SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "TLS_error:_268435703:SSL_routines:OPENSSL_internal:WRONG_VERSION_NUMBER",
+    "remote_connection_failure",
+)
+
+
+class MixGenerator(Generator):
+    """The corpus generator with the access-log outcome, method and fields of one adversarial mix."""
+
+    def __init__(self, rnd: random.Random, cluster: Cluster, real: Sequence[tuple[str, bytes]], mix: str) -> None:
+        super().__init__(rnd, cluster, real)
+        self.mix = mix
+        self.method_pop = [m for m, _ in _ALL_METHODS]
+        self.method_w = [w for _, w in _ALL_METHODS]
+        self.outcome_w = [o[-1] for o in _OUTCOMES]
+        self._frames: list[str] = []
+        # ztunnel: a DaemonSet in istio-system, one pod per node (ambient mode)
+        self.ztunnels = [
+            Pod(
+                f"ztunnel-{_alnum(rnd, 5)}",
+                "istio-system",
+                "ztunnel",
+                "",
+                _uuid(rnd),
+                host,
+                host,
+                {"istio-proxy": (f"docker.io/istio/ztunnel:{ISTIO_VERSION}", _hexs(rnd, 64))},
+                istio=False,
+            )
+            for host in _NODES
+        ]
+        self.kinds.update(
+            {
+                "cni": self.cni_agent,
+                "ztunnel": self.ztunnel,
+                "control-plane": self.control_plane,
+                "long": self.long_line,
+            }
+        )
+
+    def _request(self, t: float) -> dict[str, object]:
+        r = super()._request(t)
+        rnd = self.rnd
+        if r["method"] is None:  # TCP
+            return r
+        if self.mix == "methods" and r["path"] not in _GRPC_PATHS:  # gRPC stays POST
+            r["method"] = rnd.choices(self.method_pop, self.method_w)[0]
+        if self.mix in ("codes-flags", "json-full"):
+            code, flags, details, reason, _ = rnd.choices(_OUTCOMES, self.outcome_w)[0]
+            r["response_code"] = code
+            r["response_flags"] = None if flags == "-" else flags
+            r["response_code_details"] = details
+            r["upstream_transport_failure_reason"] = reason
+            if flags in ("UC", "DC"):
+                r["connection_termination_details"] = None
+            if code == 0:
+                r["upstream_service_time"] = None
+        if self.mix == "json-full":
+            hops = [
+                f"{rnd.randrange(1, 223)}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"
+                for _ in range(rnd.randrange(2, 6))
+            ]
+            r["x_forwarded_for"] = ", ".join(hops)
+            r["user_agent"] = rnd.choice(_LONG_AGENTS)
+            if r["requested_server_name"] is None:
+                r["requested_server_name"] = f"{r['authority']}".split(":")[0]
+            if r["upstream_service_time"] is None:
+                r["upstream_service_time"] = str(r["duration"])
+            r["route_name"] = r["route_name"] or "default"
+            # Failure fields are strings even when nothing failed: a custom format prints "-" (never null).
+            for key in ("response_flags", "connection_termination_details", "upstream_transport_failure_reason"):
+                if r[key] is None:
+                    r[key] = "-"
+        return r
+
+    # -- control plane: benign lines dense in alarming words ----------------------------------------------
+
+    def control_plane(self, t: float) -> Line:
+        """istiod or pilot-agent info/warn lines that read like trouble and are not."""
+        rnd = self.rnd
+        ts = self.clock.iso(t)
+        pod = self.cluster.mesh_pod()
+        istiod = rnd.random() < 0.5
+        n = rnd.randrange(0, 40)
+        if istiod:
+            p = rnd.choice(self.cluster.istiod)
+            svc = rnd.choice(self.cluster.services)
+            choices = (
+                (
+                    "info",
+                    f'ads\tADS: "{pod.ip}:{rnd.randrange(32768, 61000)}" {pod.name}.{pod.namespace}-'
+                    f"{rnd.randrange(1, 400)} terminated",
+                ),
+                (
+                    "info",
+                    "authorization\tProcessed authorization policy for "
+                    f"{pod.name}.{pod.namespace} with details:     * found 1 DENY actions, 0 ALLOW actions, "
+                    "0 AUDIT actions     * built 1 HTTP filters for DENY action     * added 1 HTTP filters to "
+                    "filter chain 0",
+                ),
+                ("info", f"validation\tvalidated AuthorizationPolicy {svc.namespace}/deny-all (action=DENY, rules=0)"),
+                (
+                    "info",
+                    f"validation\tvalidated EnvoyFilter {svc.namespace}/{svc.name}-timeout-retry"
+                    " (connect_timeout=5s retry_on=connect-failure,refused-stream,unavailable)",
+                ),
+                ("info", f"leader election\tLeader election cycle {rnd.randrange(1, 9)} lost. Trying again"),
+                ("warn", "kube\tskipping CRD gateway.networking.k8s.io/v1/GRPCRoute as it is not present"),
+                (
+                    "info",
+                    f"ads\tEDS: PUSH request for node:{pod.name}.{pod.namespace} resources:{n} "
+                    f"size:{_kb(rnd, 1, 90)} empty:0 cached:{n}/{n} filtered:0 errors=0 failed=0",
+                ),
+                (
+                    "info",
+                    f"model\tservice {svc.fqdn} updated: error_budget_policy=default "
+                    "timeout=30s outlierDetection.consecutive5xxErrors=5",
+                ),
+                (
+                    "info",
+                    f"status\tstatus reconciliation: 0 failed, 0 denied, {rnd.randrange(1, 200)} written, error=none",
+                ),
+                ("warn", "klog\tv1 ComponentStatus is deprecated in v1.19+"),
+                ("info", 'FLAG: --keepaliveMaxServerConnectionAge="30m0s"'),
+                ("info", f'FLAG: --log_output_level="default:info,ads:warn,validation:error" retry_timeout={n}s'),
+                ("info", "validationServer\tvalidation webhook ready, failurePolicy=Fail, timeoutSeconds=10"),
+                (
+                    "info",
+                    f"spiffe\tAdded {rnd.randrange(1, 3)} certs to trust domain cluster.local in peer cert "
+                    "verifier (0 denied, 0 errors)",
+                ),
+            )
+            level, msg = rnd.choice(choices)
+            return Line(f"{ts}\t{level}\t{msg}", p, "discovery")
+        steady = (
+            ("info", f"healthcheck\tprobe result\tapp={pod.app} failed=0 success={n} error=none timeout=1s"),
+            (
+                "warn",
+                f"healthcheck\tslow probe\tapp={pod.app} latency={rnd.randrange(800, 990)}ms timeout=1s "
+                "failureThreshold=3 failed=0",
+            ),
+            ("info", f"dns\tlookup stats\tqueries={n * 13} nxdomain={n} refused=0 servfail=0 timeout=0"),
+            (
+                "info",
+                f"cache\tGenerated new workload certificate\tlatency={rnd.randrange(20, 300)}ms ttl=23h59m59s "
+                "error_count=0",
+            ),
+            ("info", f"xdsproxy\tstream stats\tupstream_errors=0 downstream_errors=0 nacks=0 refused=0 timeout={n}s"),
+            (
+                "warn",
+                f"ads\tSDS: PUSH request for node:{pod.name}.{pod.namespace} resources:1 size:4.0kB "
+                "resource:default (denied=0 failed=0 not_ready=0)",
+            ),
+        )
+        if rnd.random() < 0.85:  # steady state; the rest: a pod starting or stopping
+            level, msg = rnd.choice(steady)
+            return self._agent_line(ts, level, msg, pod)
+        choices = (
+            (
+                "warn",
+                "Envoy proxy is NOT ready: config not received from XDS server (is Istiod running?): cds updates: 0 "
+                "successful, 0 rejected; lds updates: 0 successful, 0 rejected",
+            ),
+            (
+                "warn",
+                'Envoy proxy is NOT ready: failed to get readiness stats: Get "http://127.0.0.1:15000/stats?usedonly'
+                '&filter=^(server\\.state|listener_manager\\.workers_started)": dial tcp 127.0.0.1:15000: connect: '
+                "connection refused",
+            ),
+            ("info", "Envoy proxy is ready"),
+            ("info", f"Readiness succeeded in {rnd.randrange(300, 4000) / 1000:.3f}s"),
+            ("info", "Workload SDS socket not found. Starting Istio SDS Server"),
+            (
+                "info",
+                "sds\tSDS server for workload certificates started, listening on "
+                '"var/run/secrets/workload-spiffe-uds/socket"',
+            ),
+            (
+                "info",
+                'xdsproxy\tInitializing with upstream address "istiod.istio-system.svc:15012" and cluster "Kubernetes"',
+            ),
+            ("info", "Agent draining Proxy for termination"),
+            ("info", "Graceful termination period is 5s, starting..."),
+            ("info", "Graceful termination period complete, terminating remaining proxies."),
+            ("warn", "Aborting proxy"),
+            ("info", "Envoy exited normally"),
+            ("info", "Status server has successfully terminated"),
+            ("info", 'FLAG: --proxyComponentLogLevel="misc:error"'),
+            ("info", f'FLAG: --drainDuration="45s" --parentShutdownDuration="1m0s" --connectTimeout="{n}s"'),
+            (
+                "info",
+                "Proxy role\tips=[" + pod.ip + f"] type=sidecar id={pod.name}.{pod.namespace} "
+                f"domain={pod.namespace}.svc.cluster.local",
+            ),
+            ("info", "Pilot SAN: [istiod.istio-system.svc]"),
+        )
+        level, msg = rnd.choice(choices)
+        return self._agent_line(ts, level, msg, pod)
+
+    def _agent_line(self, ts: str, level: str, msg: str, pod: Pod) -> Line:
+        if self.rnd.random() < 0.15:  # --log_as_json
+            scope, _, text = msg.partition("\t")
+            body = (
+                {"level": level, "time": ts, "scope": scope, "msg": text}
+                if text
+                else {"level": level, "time": ts, "msg": scope}
+            )
+            return Line(json.dumps(body, separators=(",", ":")), pod, "istio-proxy")
+        return Line(f"{ts}\t{level}\t{msg}", pod, "istio-proxy")
+
+    def cni_agent(self, t: float) -> Line:
+        """istio-cni node agent info lines (ambient enrolment), from the istio-cni-node pods."""
+        rnd = self.rnd
+        pod = self.cluster.mesh_pod()
+        msg = rnd.choice(
+            (
+                f"ambient\tadding pod to the mesh\tpod={pod.namespace}/{pod.name} error=none",
+                f"ambient\tpod event\tpod={pod.namespace}/{pod.name} event=update retry=0",
+                f"ambient\tin-pod redirection configured\tpod={pod.namespace}/{pod.name} failed=0",
+                "repair\tstarting repair controller (failed pods: 0, timeout=30s)",
+            )
+        )
+        return Line(f"{self.clock.iso(t)}\tinfo\t{msg}", rnd.choice(self.cluster.cni), "install-cni")
+
+    def ztunnel(self, t: float) -> Line:
+        """ztunnel access and xds lines (ambient), with error-ish field names but no error."""
+        rnd = self.rnd
+        ts = self.clock.iso(t)
+        src, dst = self.cluster.mesh_pod(), self.cluster.mesh_pod()
+        node = rnd.choice(self.ztunnels)
+        kind = rnd.random()
+        if kind < 0.55:
+            msg = (
+                f"info\taccess\tconnection complete\tsrc.addr={src.ip}:{rnd.randrange(32768, 61000)} "
+                f'src.workload="{src.name}" src.namespace="{src.namespace}" '
+                f'src.identity="spiffe://cluster.local/ns/{src.namespace}/sa/{src.app}" '
+                f"dst.addr={dst.ip}:15008 dst.hbone_addr={dst.ip}:{dst.ports[0]} "
+                f'dst.service="{dst.app}.{dst.namespace}.svc.cluster.local" dst.workload="{dst.name}" '
+                f'dst.namespace="{dst.namespace}" '
+                f'dst.identity="spiffe://cluster.local/ns/{dst.namespace}/sa/{dst.app}" '
+                f'direction="{rnd.choice(("inbound", "outbound"))}" bytes_sent={rnd.randrange(60, 90000)} '
+                f'bytes_recv={rnd.randrange(60, 90000)} duration="{rnd.randrange(1, 900)}ms"'
+            )
+        elif kind < 0.75:
+            msg = (
+                "info\txds::client:xds{id=" + str(rnd.randrange(1, 9)) + "}\treceived response\t"
+                f'type_url="type.googleapis.com/istio.workload.{rnd.choice(("Address", "Authorization"))}" '
+                f"size={rnd.randrange(1, 40)} removes={rnd.randrange(0, 3)} errors=0 nack=false"
+            )
+        elif kind < 0.85:
+            msg = (
+                f'info\tinpod::statemanager\tpod WorkloadUid("{src.uid}") received netns, starting proxy\t'
+                f"failed_attempts=0 retry_timeout=5s"
+            )
+        elif kind < 0.93:
+            msg = (
+                'info\tproxy::inbound\tlistener established\taddress=[::]:15008 component="inbound" '
+                "transparent=true denied_connections=0 policy_errors=0"
+            )
+        else:
+            msg = "warn\thickory_proto::xfer::dns_exchange\tfailed to associate send_message response to the sender"
+        return Line(f"{ts}\t{msg}", node, "istio-proxy")
+
+    # -- very long lines -----------------------------------------------------------------------------------
+
+    def long_line(self, t: float) -> Line:
+        """4-64 KB: a JSON app log with a joined stack trace, a JSON payload dump or an istiod config dump."""
+        rnd = self.rnd
+        target = int(4096 * 16 ** rnd.random())  # log-uniform 4-64 KB
+        ts = self.clock.iso(t)
+        pod = self.cluster.mesh_pod()
+        kind = rnd.random()
+        if kind < 0.45:
+            if not self._frames:  # a pool of frames: drawing every character anew is slow
+                pkgs = ("com.example.orders", "org.springframework.web", "io.grpc.internal", "org.hibernate.engine")
+                self._frames = [
+                    f"\tat {rnd.choice(pkgs)}.{_alnum(rnd, 8).title()}.{_alnum(rnd, 6)}"
+                    f"({_alnum(rnd, 7).title()}.java:{rnd.randrange(20, 900)})"
+                    for _ in range(500)
+                ]
+            frames = []
+            size = 0
+            while size < target:
+                f = rnd.choice(self._frames)
+                frames.append(f)
+                size += len(f) + 2
+                if rnd.random() < 0.01:
+                    frames.append(
+                        "Caused by: java.util.concurrent.TimeoutException: timeout waiting for lock "
+                        f"order-{rnd.randrange(10**6)} after 30000ms (failed attempts: 3)"
+                    )
+            body = {
+                "@timestamp": ts,
+                "level": "WARN",
+                "logger_name": "com.example.orders.OrderService",
+                "thread_name": f"http-nio-8080-exec-{rnd.randrange(1, 200)}",
+                "message": "Request processing failed; retrying with backoff (error budget ok)",
+                "stack_trace": "java.lang.IllegalStateException: order validation failed\n" + "\n".join(frames),
+            }
+            return Line(json.dumps(body, separators=(",", ":")), pod, pod.app)
+        if kind < 0.8:
+            items = []
+            size = 0
+            while size < target:
+                item = {
+                    "sku": _hexs(rnd, 12),
+                    "name": f"item {_alnum(rnd, 10)}",
+                    "qty": rnd.randrange(1, 9),
+                    "price": rnd.randrange(100, 99999) / 100,
+                    "errors": [],
+                    "failed": False,
+                    "status": rnd.choice(("ok", "backordered", "denied_by_policy_check=false")),
+                }
+                items.append(item)
+                size += 130
+            body = {"level": "info", "ts": ts, "msg": "checkout payload", "cart": {"id": _uuid(rnd), "items": items}}
+            return Line(json.dumps(body, separators=(",", ":")), pod, pod.app)
+        services = []
+        size = 0
+        while size < target:
+            svc = rnd.choice(self.cluster.services)
+            s = (
+                f'{{"host":"{svc.fqdn}","port":{svc.port},"connectTimeout":"10s","outlierDetection":'
+                '{"consecutive5xxErrors":5,"consecutiveGatewayErrors":0,"interval":"10s"},"retries":'
+                '{"attempts":2,"retryOn":"connect-failure,refused-stream,unavailable,cancelled","perTryTimeout":"2s"}}'
+            )
+            services.append(s)
+            size += len(s) + 1
+        p = rnd.choice(self.cluster.istiod)
+        return Line(
+            f'{ts}\tinfo\tmesh configuration updated to: {{"defaultServiceConfigs":[{",".join(services)}]}}',
+            p,
+            "discovery",
+        )
+
+
+# Background kinds of each mix (the problem lines come on top, at problem_rate).
+_MIX_KINDS: dict[str, tuple[tuple[str, float], ...]] = {
+    "methods": (("access-text", 0.75), ("access-json", 0.20), ("istiod", 0.02), ("pilot-agent", 0.03)),
+    "codes-flags": (("access-text", 0.60), ("access-json", 0.40)),
+    "control-plane": (
+        ("control-plane", 0.60),
+        ("ztunnel", 0.20),
+        ("cni", 0.05),
+        ("istiod", 0.08),
+        ("pilot-agent", 0.07),
+    ),
+    "json-full": (("access-json", 1.0),),
+    "long-lines": (*MIX, ("long", 0.05)),
+}
+
+
+def generate_mix(
+    name: str,
+    n: int = MIX_DEFAULT_LINES,
+    *,
+    seed: int = DEFAULT_SEED,
+    problem_rate: float = 0.01,
+    records: bool = True,
+    tab_escape: str = "t",
+    real_lines: Path = REAL_LINES,
+) -> Corpus:
+    """An adversarial mix (``MIXES``): n lines and (if ``records``) their Fluent Bit records, seeded."""
+    if name not in _MIX_KINDS:
+        raise ValueError(f"unknown mix {name!r}; known: {', '.join(MIXES)}")
+    rnd = random.Random(f"{seed}:{name}")
+    gen = MixGenerator(rnd, Cluster(rnd), real_problem_lines(real_lines), name)
+    enc = RecordEncoder(random.Random(f"{seed}:{name}:records"), tab_escape)
+    kinds = _MIX_KINDS[name]
+    draws = rnd.choices([k for k, _ in kinds], [w for _, w in kinds], k=n)
+    corpus = Corpus([], [], [], [])
+    t = DEFAULT_START
+    for i in range(n):
+        t += rnd.expovariate(280.0)
+        kind = "problem" if rnd.random() < problem_rate else draws[i]
+        line = gen.problem(t) if kind == "problem" else gen.kinds[kind](t)
+        corpus.lines.append(line.text.encode())
+        corpus.kinds[kind] += 1
+        if kind == "problem":
+            corpus.problems.append(i)
+        if records:
+            value, ts = enc(line, t)
+            corpus.records.append(value)
+            corpus.timestamps.append(ts)
+    return corpus
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--lines", type=int, default=DEFAULT_LINES)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--problem-rate", type=float, default=0.01)
     p.add_argument("--shape", choices=("plain", "fluentbit"), default="plain")
+    p.add_argument("--mix", choices=tuple(MIXES), help="an adversarial mix instead of the corpus")
     p.add_argument("--tab-escape", choices=("t", "u0009"), default="t")
     p.add_argument("-o", "--output", type=Path, help="file to write (default stdout)")
     args = p.parse_args(argv)
-    corpus = generate(
+    make = partial(generate_mix, args.mix) if args.mix else generate
+    corpus = make(
         args.lines,
         seed=args.seed,
         problem_rate=args.problem_rate,
