@@ -120,6 +120,8 @@ def _document(schema: dict[str, Any]) -> dict[str, Any]:
         validation["properties"]["message"] = {"title": "Message", "type": "string"}
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
+            for parameter in operation.get("parameters", ()):
+                _no_nul(parameter.get("schema", {}))
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation:
                 responses.setdefault("400", _problem("request body is not JSON"))
@@ -129,6 +131,19 @@ def _document(schema: dict[str, Any]) -> dict[str, Any]:
             elif path.startswith(("/v1/incidents", "/v1/silences")):
                 responses.setdefault("503", _problem("incident store unavailable"))
     return schema
+
+
+# What UrlText refuses, said in the schema: a path or query string value holds no NUL.
+NO_NUL = r"^[^\x00]*$"
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    if schema.get("type") == "string" and "pattern" not in schema:
+        schema["pattern"] = NO_NUL
+    for option in schema.get("anyOf", ()):
+        _no_nul(option)
+    if "items" in schema:
+        _no_nul(schema["items"])
 
 
 def _document_events(responses: dict[str, Any]) -> None:
