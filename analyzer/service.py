@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import structlog
@@ -26,6 +27,9 @@ from analyzer.pipeline import Pipeline
 from analyzer.store import IncidentQuery, Store, open_store
 from analyzer.types import Catalogue, Category, Rule
 from analyzer.unclassified import TemplateRegistry, template_from_evidence, with_rules
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = structlog.get_logger("analyzer.service")
 
@@ -58,8 +62,12 @@ class CatalogueHolder:
 
     def rules(self) -> Mapping[str, Rule]:
         """The catalogue's rules, and the synthetic rules of the unclassified templates this process knows."""
+        return with_rules(self.pipeline.rules, self.template_rules())
+
+    def template_rules(self) -> Mapping[str, Rule] | None:
+        """The synthetic rules of the unclassified templates this process knows (None: the lane is off)."""
         registry = self.pipeline.unclassified
-        return with_rules(self.pipeline.rules, registry.rules if registry is not None else None)
+        return registry.rules if registry is not None else None
 
     async def reload_async(self) -> list[str]:
         """``reload`` off the event loop (compiling takes seconds), serialized with every other reload."""
@@ -174,6 +182,21 @@ class Service:
         return value
 
 
+def api_for(service: Service, wall: Callable[[], float] = time.time) -> FastAPI:
+    """The HTTP API over the service's store, catalogue and ingest state: the API sees only those."""
+    from analyzer.api.app import create_app
+
+    return create_app(
+        service.settings,
+        service.store,
+        service.holder,
+        service,
+        registry=service.registry,
+        metrics=service.metrics,
+        wall=wall,
+    )
+
+
 async def restore_templates(store: Store, templates: TemplateRegistry, stream_time: float, limit: float) -> int:
     """Know the stored unclassified templates again after a restart (their titles, for the API).
 
@@ -280,7 +303,6 @@ async def _retention(service: Service, stop: asyncio.Event, wall: Callable[[], f
 
 
 async def run(settings: Settings) -> None:
-    from analyzer.api.app import create_app
     from analyzer.broker import LocalBroker, ensure_topics
     from analyzer.ingest.kafka import KafkaIngest
 
@@ -327,7 +349,7 @@ async def run(settings: Settings) -> None:
     import uvicorn
 
     _QuietServer = _quiet_server_class()
-    app = create_app(service)
+    app = api_for(service)
     config = uvicorn.Config(
         app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, lifespan="off"
     )

@@ -404,7 +404,7 @@ async def test_rules_draft_reads_the_evidence_from_a_running_server(tmp_path: Pa
 
     import uvicorn
 
-    from analyzer.api.app import create_app
+    from analyzer.service import api_for
     from tests.api.support import STREAM_TIME, build_service, make_settings
 
     service = await build_service(make_settings(tmp_path))
@@ -417,7 +417,7 @@ async def test_rules_draft_reads_the_evidence_from_a_running_server(tmp_path: Pa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    config = uvicorn.Config(api_for(service), host="127.0.0.1", port=port, log_config=None, lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

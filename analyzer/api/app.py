@@ -1,11 +1,11 @@
-"""FastAPI app factory. The service object is injected; no module-level app."""
+"""FastAPI app factory. What it serves is injected as small protocols; no module-level app."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -13,17 +13,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from analyzer import __version__
 from analyzer.api import health, incidents, rules, silences
 from analyzer.api.auth import READ_RESPONSES, require_read_token
-from analyzer.api.context import ApiContext
+from analyzer.api.context import ApiContext, Catalogues, Running
 from analyzer.api.limits import BodyLimit, UrlText
 from analyzer.api.schemas import Problem
-
-if TYPE_CHECKING:
-    from analyzer.service import Service
+from analyzer.config import Settings
+from analyzer.metrics import Metrics
+from analyzer.store import Store
 
 DESCRIPTION = (
     "Incidents recognised in Istio control- and data-plane logs. Reads are open; write endpoints need "
@@ -32,11 +33,20 @@ DESCRIPTION = (
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
 
-def create_app(service: Service, *, wall: Callable[[], float] = time.time) -> FastAPI:
-    """The HTTP API over ``service``. ``wall`` is the wall clock (silence expiry, ack times)."""
-    settings = service.settings
+def create_app(
+    settings: Settings,
+    store: Store,
+    catalogues: Catalogues,
+    running: Running,
+    *,
+    registry: CollectorRegistry,
+    metrics: Metrics,
+    wall: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The HTTP API over a store, a catalogue and the ingest's state. ``wall``: silence expiry, ack times."""
     app = FastAPI(title="mesh-log-analyzer", version=__version__, description=DESCRIPTION)
-    ctx = ApiContext(service, wall, _secret(settings.api_token), _secret(settings.api_read_token))
+    token, read_token = _secret(settings.api_token), _secret(settings.api_read_token)
+    ctx = ApiContext(settings, store, catalogues, running, registry, metrics, wall, token, read_token)
     app.state.api = ctx
 
     app.include_router(health.build_router(ctx))

@@ -1,30 +1,61 @@
-"""What the routes share: the service, the wall clock, and small caches over the running catalogue."""
+"""What the routes share: small protocols over the running service (its store, catalogue and ingest state),
+the wall clock, and small caches over the running catalogue. The API imports no part of ``analyzer.service``."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 from fastapi import HTTPException, status
+from prometheus_client import CollectorRegistry
 
+from analyzer.config import Settings
 from analyzer.errors import StoreError
+from analyzer.metrics import Metrics
+from analyzer.store import Store
 from analyzer.types import Catalogue, Rule
 from analyzer.unclassified import with_rules
-
-if TYPE_CHECKING:
-    from analyzer.service import Service
 
 T = TypeVar("T")
 
 log = structlog.get_logger("analyzer.api")
 
 
+class Catalogues(Protocol):
+    """What the API needs of the running catalogue."""
+
+    @property
+    def catalogue(self) -> Catalogue: ...
+
+    @property
+    def loaded_at(self) -> float: ...
+
+    def template_rules(self) -> Mapping[str, Rule] | None:
+        """The synthetic rules of the unclassified templates known to this process (None: lane off)."""
+
+    async def reload_async(self) -> list[str]:
+        """Load and compile again; the problems (empty on success), the running catalogue kept on any."""
+
+
+class Running(Protocol):
+    """What the API needs of the ingest's state."""
+
+    async def stream_time(self) -> float: ...
+
+    async def ready(self) -> tuple[bool, dict[str, object]]: ...
+
+
 @dataclass
 class ApiContext:
-    service: Service
+    settings: Settings
+    store: Store
+    catalogues: Catalogues
+    running: Running
+    registry: CollectorRegistry  # what /metrics exposes
+    metrics: Metrics
     wall: Callable[[], float]  # wall clock: silence expiry, ack times
     token: bytes | None  # the API token; None disables the write endpoints
     read_token: bytes | None = None  # when set, reads under /v1 need it (or the write token)
@@ -33,7 +64,7 @@ class ApiContext:
 
     @property
     def catalogue(self) -> Catalogue:
-        return self.service.holder.catalogue
+        return self.catalogues.catalogue
 
     def rules(self) -> Mapping[str, Rule]:
         """Rule id -> rule of the running catalogue (rebuilt once after a reload)."""
@@ -42,13 +73,12 @@ class ApiContext:
         if cached is None or cached[0] is not catalogue:
             cached = (catalogue, catalogue.by_id())
             self._rules_of = cached
-        templates = self.service.holder.pipeline.unclassified  # and the unclassified templates known here
-        return with_rules(cached[1], templates.rules if templates is not None else None)
+        return with_rules(cached[1], self.catalogues.template_rules())  # and the unclassified templates known here
 
     async def store_call(self, call: Awaitable[T]) -> T:
         """A store call bounded by the store timeout; failures become 503, never a 500."""
         try:
-            return await asyncio.wait_for(call, self.service.settings.store_timeout)
+            return await asyncio.wait_for(call, self.settings.store_timeout)
         except (StoreError, TimeoutError) as exc:
             # The store's message may name hosts or paths: it goes to the log, not to the client.
             log.warning("store call failed", error=str(exc) or type(exc).__name__)

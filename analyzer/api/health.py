@@ -14,7 +14,6 @@ from analyzer.api.schemas import Health, Readiness
 
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(tags=["health"])
-    service = ctx.service
 
     @router.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -30,7 +29,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
         """Consuming from Kafka, the store is reachable, and its last write succeeded. From cached state (a
         background store probe, the consumer's and the store's flags): answers within a second, never behind a
         batch write."""
-        ok, detail = await service.ready()
+        ok, detail = await ctx.running.ready()
         body: dict[str, Any] = {"status": "ready" if ok else "not ready", **detail}
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -41,6 +40,6 @@ def build_router(ctx: ApiContext) -> APIRouter:
     )
     async def metrics() -> Response:
         """Prometheus metrics of the injected registry."""
-        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -216,12 +216,12 @@ def resumed_rows(
 
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
-    service = ctx.service
+    store, settings, metrics, running = ctx.store, ctx.settings, ctx.metrics, ctx.running
 
     async def page(filters: Filters, limit: int, cursor: str | None) -> IncidentPage:
-        stream_time = await service.stream_time()
+        stream_time = await running.stream_time()
         query = filters.query(limit=limit, cursor=cursor, stream_time=stream_time, now=ctx.wall())
-        return await ctx.store_call(service.store.list_incidents(query))
+        return await ctx.store_call(store.list_incidents(query))
 
     @router.get("", response_model=IncidentPageOut)
     async def list_incidents(
@@ -241,25 +241,25 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     async def stream_slot() -> AsyncIterator[None]:
         """Holds one of ANALYZER_MAX_STREAMS for the life of the response; 503 beyond the cap."""
-        cap = service.settings.max_streams
+        cap = settings.max_streams
         if ctx.active_streams >= cap:
-            service.metrics.streams_refused.inc()
+            metrics.streams_refused.inc()
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 f"too many open incident streams (ANALYZER_MAX_STREAMS={cap}); retry later or poll /v1/incidents",
                 headers={"Retry-After": str(STREAM_RETRY_AFTER)},
             )
         ctx.active_streams += 1
-        service.metrics.streams.set(ctx.active_streams)
+        metrics.streams.set(ctx.active_streams)
         try:
             yield
         finally:
             ctx.active_streams -= 1
-            service.metrics.streams.set(ctx.active_streams)
+            metrics.streams.set(ctx.active_streams)
 
     async def silence_signature() -> str:
         """Names the set of active silences: when it differs from a resume point's, any silenced flag may have."""
-        active = await ctx.store_call(service.store.list_silences(ctx.wall()))
+        active = await ctx.store_call(store.list_silences(ctx.wall()))
         return hashlib.sha256("\x1f".join(sorted(s.id for s in active)).encode()).hexdigest()[:12]
 
     @router.get(
@@ -309,14 +309,14 @@ def build_router(ctx: ApiContext) -> APIRouter:
         (at most once per ANALYZER_STREAM_MIN_INTERVAL); ends when the client goes away. With `Last-Event-ID`
         the first poll sends only what changed since that event."""
         loop = asyncio.get_running_loop()
-        every = max(interval, service.settings.stream_min_interval)
+        every = max(interval, settings.stream_min_interval)
         deadline = None if max_seconds is None else loop.time() + max_seconds
         seen: dict[str, _Seen] = {}  # bounded: the rows of the last page (at most ``limit``)
         position = decode_event_id(last_event_id)  # what the client is known to have; None: nothing
         resuming = position is not None
         # Longer than a write transaction can stay open between its clock stamp and its commit (store calls are
         # bounded by the store timeout; PostgreSQL's statement and idle-in-transaction timeouts are below it).
-        margin = service.settings.store_timeout + 1.0
+        margin = settings.store_timeout + 1.0
         last_sent = loop.time()
         next_poll = loop.time()
         while True:
@@ -326,10 +326,10 @@ def build_router(ctx: ApiContext) -> APIRouter:
                 try:
                     # Read before the page, so the position an event names never claims more than was sent.
                     signature = await silence_signature()
-                    written = await ctx.store_call(service.store.clock())
-                    stream_time = await service.stream_time()
+                    written = await ctx.store_call(store.clock())
+                    stream_time = await running.stream_time()
                     query = filters.query(limit=limit, cursor=None, stream_time=stream_time, now=ctx.wall())
-                    result = await ctx.store_call(service.store.list_incidents(query))
+                    result = await ctx.store_call(store.list_incidents(query))
                 except HTTPException as exc:
                     yield ServerSentEvent(event="error", data={"detail": exc.detail})
                     last_sent = loop.time()
@@ -341,7 +341,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
                         changed = resumed_rows(result.items, position, signature, margin, seen)
                         since = position.written - margin
                         with contextlib.suppress(HTTPException):  # then the client misses no incident, only merges
-                            merged = await ctx.store_call(service.store.aliases_since(since, limit))
+                            merged = await ctx.store_call(store.aliases_since(since, limit))
                         resuming = False
                     else:
                         changed = changed_rows(result.items, seen)
@@ -353,7 +353,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
                     gone = sorted(before - set(seen))
                     if gone:
                         with contextlib.suppress(HTTPException):  # the next page's error event says it
-                            merged = await ctx.store_call(service.store.aliases(gone))
+                            merged = await ctx.store_call(store.aliases(gone))
                     events.extend(
                         ServerSentEvent(event="merged", data={"id": alias, "merged_into": target})
                         for alias, target in sorted(merged.items())
@@ -391,8 +391,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
         accept_language: Annotated[str | None, Header(max_length=1000)] = None,
     ) -> IncidentDetail:
         """One incident with its evidence, remediation (in the language asked) and commands to look further."""
-        stream_time = await service.stream_time()
-        row = await ctx.store_call(service.store.get_incident(incident_id, stream_time, now=ctx.wall()))
+        stream_time = await running.stream_time()
+        row = await ctx.store_call(store.get_incident(incident_id, stream_time, now=ctx.wall()))
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
         return incident_detail(row, ctx.rules(), negotiate_language(lang, accept_language))
@@ -410,12 +410,12 @@ def build_router(ctx: ApiContext) -> APIRouter:
         """Acknowledge an incident (it stays listed and counted). Needs the API token."""
         by = body.by if body and body.by else caller
         comment = body.comment if body else None
-        found = await ctx.store_call(service.store.ack(incident_id, by, ctx.wall(), comment))
+        found = await ctx.store_call(store.ack(incident_id, by, ctx.wall(), comment))
         if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
         log.info("incident acknowledged", incident=incident_id, by=by, comment=comment)
-        stream_time = await service.stream_time()
-        row = await ctx.store_call(service.store.get_incident(incident_id, stream_time, now=ctx.wall()))
+        stream_time = await running.stream_time()
+        row = await ctx.store_call(store.get_incident(incident_id, stream_time, now=ctx.wall()))
         if row is None:  # a merge never removes an id (it becomes an alias): only retention can
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
         return incident_item(row, ctx.rules())

@@ -34,7 +34,7 @@ def parse_problem(message: str) -> CatalogueProblem:
 
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1/rules", tags=["rules"])
-    holder = ctx.service.holder
+    holder = ctx.catalogues
 
     @router.get("", response_model=RuleList)
     async def list_rules(

@@ -46,7 +46,7 @@ def _expiry(body: SilenceRequest, now: float) -> float:
 
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1/silences", tags=["silences"])
-    store = ctx.service.store
+    store = ctx.store
 
     @router.post("", status_code=status.HTTP_201_CREATED, response_model=SilenceOut, responses=AUTH_RESPONSES)
     async def add_silence(body: SilenceRequest, caller: Caller) -> SilenceOut:

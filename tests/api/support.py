@@ -12,11 +12,10 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from analyzer.api.app import create_app
 from analyzer.config import Settings
 from analyzer.incidents import StreamClock
 from analyzer.metrics import Metrics
-from analyzer.service import CatalogueHolder, Service
+from analyzer.service import CatalogueHolder, Service, api_for
 from analyzer.store import Store, open_store
 from analyzer.types import Changes, Evidence, IncidentKey, Interval
 
@@ -98,7 +97,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
 async def running(settings: Settings) -> AsyncIterator[Harness]:
     """The service and its app, with an in-process client (ASGI transport: no sockets)."""
     service = await build_service(settings)
-    app = create_app(service, wall=lambda: WALL)
+    app = api_for(service, wall=lambda: WALL)
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://analyzer") as client:

@@ -17,8 +17,7 @@ from schemathesis.checks import CheckFunction, not_a_server_error
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from analyzer.api.app import create_app
-from analyzer.service import Service
+from analyzer.service import Service, api_for
 from analyzer.types import Changes
 from tests.api.support import GROUP, STREAM_TIME, WALL, auth, build_service, interval, make_settings
 
@@ -56,7 +55,7 @@ def api_schema(tmp_path: Path) -> Iterator[schemathesis.BaseSchema]:
     # plain hypothesis over each operation's strategy.
     service = asyncio.run(_seeded(tmp_path))
     try:
-        yield schemathesis.openapi.from_asgi("/openapi.json", create_app(service, wall=lambda: WALL))
+        yield schemathesis.openapi.from_asgi("/openapi.json", api_for(service, wall=lambda: WALL))
     finally:
         asyncio.run(service.store.close())
 

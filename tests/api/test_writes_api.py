@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from analyzer.api.app import create_app
+from analyzer.service import api_for
 from tests.api.support import STREAM_TIME, TOKEN, WALL, Harness, auth, interval, make_settings, running
 
 WRITES = [
@@ -169,7 +169,7 @@ async def test_silence_expires_by_the_wall_clock(seeded: Harness) -> None:
     assert (await seeded.client.post("/v1/silences", json=request, headers=auth())).status_code == 201
     assert (await seeded.client.get(f"/v1/incidents/{OTHER.id}")).json()["silenced"] is True
 
-    later = create_app(seeded.service, wall=lambda: WALL + 20)
+    later = api_for(seeded.service, wall=lambda: WALL + 20)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=later), base_url="http://analyzer") as client:
         assert (await client.get(f"/v1/incidents/{OTHER.id}")).json()["silenced"] is False
         assert (await client.get("/v1/silences")).json()["items"] == []
