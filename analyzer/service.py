@@ -330,7 +330,7 @@ async def run(settings: Settings) -> None:
     if holder.pipeline.unclassified is not None:
         await restore_templates(store, holder.pipeline.unclassified, clock.now(), settings.store_timeout)
     service = Service(settings, registry, metrics, store, holder, clock)
-    ingest = KafkaIngest(settings, lambda: holder.pipeline, holder.rules, store, metrics, clock)
+    ingest = KafkaIngest(settings, lambda: holder.pipeline, store, metrics, clock)
     service.ingest = ingest
 
     stop = asyncio.Event()

@@ -358,7 +358,7 @@ async def pipeline_in_process(
     store = TimedStore(real)
     store.ends = ends
     clock = StreamClock(time.time, settings.allowed_lateness)
-    ingest = KafkaIngest(settings, lambda: holder.pipeline, holder.rules, cast(Store, store), metrics, clock)
+    ingest = KafkaIngest(settings, lambda: holder.pipeline, cast(Store, store), metrics, clock)
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(ingest.run(stop))

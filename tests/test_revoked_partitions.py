@@ -24,7 +24,6 @@ async def test_revoked_partitions_lose_their_lag_series(tmp_path: Path) -> None:
     ingest = KafkaIngest(
         Settings(),
         lambda: None,  # type: ignore[arg-type,return-value]  # no batch is processed here
-        dict,
         open_store(f"sqlite:///{tmp_path}/s.db"),
         metrics,
         StreamClock(lambda: 0.0),

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,6 +28,8 @@ from analyzer.pipeline import Pipeline
 from analyzer.store import Store
 from analyzer.types import Changes, OffsetUpdate, Rule
 from analyzer.unclassified import with_rules
+
+T = TypeVar("T")
 
 log = structlog.get_logger("analyzer.ingest")
 
@@ -53,14 +56,16 @@ class KafkaIngest:
         self,
         settings: Settings,
         pipeline: Callable[[], Pipeline],
-        rules: Callable[[], Mapping[str, Rule]],
         store: Store,
         metrics: Metrics,
         clock: StreamClock,
     ) -> None:
         self.settings = settings
         self._pipeline = pipeline  # a getter: SIGHUP swaps the catalogue between batches
-        self._rules = rules
+        # The pipeline's state (per-pod readiness, live keys, templates) is touched on this one thread only:
+        # each batch, each eviction and each read of its sizes. The HTTP API shares the event loop, so matching
+        # must not run on it; one dedicated thread keeps batches and evictions in order, never concurrent.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self.store = store
         self.metrics = metrics
         self.clock = clock
@@ -141,6 +146,12 @@ class KafkaIngest:
         return options
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._consume(stop)
+        finally:
+            self._thread.shutdown(wait=False)  # idle between batches by now: a batch always finishes first
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         backoff = 1.0
         while not stop.is_set():
             consumer = AIOKafkaConsumer(**self._consumer_options())
@@ -231,7 +242,7 @@ class KafkaIngest:
         with self.metrics.stage.labels("match").time():
             # In a worker thread: the HTTP API shares this event loop, and a batch's matching would otherwise
             # hold every request for its whole duration. Batches still run one at a time.
-            result = await asyncio.to_thread(pipeline, values, stamps)
+            result = await self._on_pipeline_thread(pipeline, values, stamps)
         if result.max_event_time is not None:
             self.clock.observe(result.max_event_time)
         stream_time = self.clock.now()
@@ -265,8 +276,7 @@ class KafkaIngest:
         self._last_stream_write = time.monotonic()
         self.last_batch_at = time.time()
         self._count(result, rules)
-        pipeline.evict(stream_time)
-        self._gauge_sizes(pipeline)
+        await self._evict(pipeline, stream_time)
         self.metrics.stage.labels("total").observe(time.perf_counter() - started)
         log.debug(
             "batch stored",
@@ -327,13 +337,19 @@ class KafkaIngest:
             (log.debug if failing else log.warning)(
                 "cannot record stream time", error=(str(exc) or type(exc).__name__)[:300]
             )
-        pipeline = self._pipeline()
-        pipeline.evict(stream_time)
-        self._gauge_sizes(pipeline)
+        await self._evict(self._pipeline(), stream_time)
 
-    def _gauge_sizes(self, pipeline: Pipeline) -> None:
-        # Between batches, on the loop: no worker thread is changing the pipeline's state now.
-        live_keys, templates = pipeline.sizes()
+    async def _on_pipeline_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _evict(self, pipeline: Pipeline, stream_time: float) -> None:
+        """Settled state out, then the sizes gauged: on the pipeline's own thread, between batches."""
+
+        def evict() -> tuple[int, int]:
+            pipeline.evict(stream_time)
+            return pipeline.sizes()
+
+        live_keys, templates = await self._on_pipeline_thread(evict)
         self.metrics.live_intervals.set(live_keys)
         self.metrics.unclassified_templates.set(templates)
 

@@ -91,7 +91,6 @@ def test_clamped_records_are_counted_in_the_metric(compiled: CompiledCatalogue, 
     ingest = KafkaIngest(
         Settings(),
         lambda: pipeline,
-        pipeline.catalogue.by_id,
         open_store(f"sqlite:///{tmp_path}/m.db"),
         metrics,
         StreamClock(lambda: KAFKA),
