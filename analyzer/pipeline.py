@@ -20,11 +20,9 @@ from analyzer.decode import Decoder, Format, record_from_mapping
 from analyzer.decode.docker import log_line
 from analyzer.decode.events import event_object, record_from_event
 from analyzer.match import CompiledCatalogue, Matcher, RecordPrefilter
-from analyzer.match.levels import CombinedPrefilter, LevelPrefilter, LevelWords
+from analyzer.match.levels import CombinedPrefilter, LevelWords
 from analyzer.types import Catalogue, IncidentKey, Interval, LogRecord, Occurrence, Rejected, Rule
-from analyzer.unclassified import LEVELS, RESOLVE_AFTER, Lane, TemplateRegistry, runs
-
-CORRELATED_RULE = "app-started-before-proxy"
+from analyzer.unclassified import LEVELS, RESOLVE_AFTER, Lane, TemplateRegistry
 
 
 @dataclass(slots=True)
@@ -125,15 +123,10 @@ class Pipeline:
         self.keys = KeyCap(max_keys_per_rule)
         self.unclassified = unclassified
         self._exact = compiled.db
-        # The lane needs the error lines no literal flags: one scan flags both (rule literals, level words),
-        # unless the catalogue has no prefilter (then every record is a candidate: a separate level scan).
-        self._levels: LevelPrefilter | None = None
+        # The lane needs the error lines no rule literal flags: one scan flags both (rule literals, level words).
         if unclassified is not None:
-            if compiled.prefilter is not None:
-                self._prefilter = CombinedPrefilter(compiled)
-                self._level_words = LevelWords()
-            else:
-                self._levels = LevelPrefilter()
+            self._prefilter = CombinedPrefilter(compiled)
+            self._level_words = LevelWords()
         self._lane = None if unclassified is None else Lane(unclassified, default_cluster)
         # Told of every gated match (rule id, record, event time, admitted): `scan` reports where the gate
         # could not rest on the pod's istio-proxy lines. None in the service.
@@ -237,13 +230,8 @@ class Pipeline:
                 per_key.setdefault((owner, o.key), []).append(incidents.singleton(o))
         for (owner, _), singles in per_key.items():
             result.intervals.extend(incidents.fold(singles, self.rules[owner].resolve_after))
-        if self._lane is not None:
-            if self._levels is None:
-                lane_hits = candidates  # the combined prefilter flagged the level words too
-            else:
-                lane_hits = self._levels(batch).tolist()
-                lane_hits = lane_hits if batch is values else [screened[j] for j in lane_hits]
-            self._unclassified(values, timestamps, lane_hits, result, fill)
+        if self._lane is not None:  # the combined prefilter flagged the level words too
+            self._unclassified(values, timestamps, candidates, result, fill)
         return result
 
     def sizes(self) -> tuple[int, int]:
@@ -261,15 +249,15 @@ class Pipeline:
     ) -> None:
         """Error lines of mesh components that no catalogue expression matched -> unclassified intervals.
 
-        Only records with a level word are looked at (``LevelPrefilter``); they are decoded again, apart from
-        the catalogue path, which keeps that path untouched for the lines that are not errors.
+        Only records with a level word are looked at (most candidates hold a rule literal and no level word);
+        they are decoded again, apart from the catalogue path, which keeps that path untouched for the lines
+        that are not errors.
         """
         lane, registry = self._lane, self.unclassified
         assert lane is not None and registry is not None
-        per_key: dict[tuple[str, IncidentKey], list[Occurrence]] = {}
-        screen = self._levels is None  # hits are the combined prefilter's: most hold a rule literal, no level
+        per_key: dict[tuple[str, IncidentKey], list[Interval]] = {}
         for i in hits:
-            if screen and not self._level_words(values[i]):
+            if not self._level_words(values[i]):
                 continue
             record = Decoder(Format.AUTO, max_line_bytes=self._max_bytes)(values[i])
             if not isinstance(record, LogRecord) or record.level not in LEVELS:
@@ -292,10 +280,9 @@ class Pipeline:
             if result.max_event_time is None or when > result.max_event_time:
                 result.max_event_time = when
             o = self.keys(found.occurrence, RESOLVE_AFTER, result)
-            per_key.setdefault((rid, o.key), []).append(o)
-        for (rid, key), group in per_key.items():
-            # one sort per key (the same intervals as folding singletons; error bursts make long groups)
-            result.intervals.extend(runs(rid, key, group))
+            per_key.setdefault((rid, o.key), []).append(incidents.singleton(o))
+        for singles in per_key.values():
+            result.intervals.extend(incidents.fold(singles, RESOLVE_AFTER))
 
     def evict(self, stream_time: float) -> int:
         if self.unclassified is not None:

@@ -817,33 +817,3 @@ def draft_rule(template: Template, lines: list[str], count: int | None = None) -
         "      no_match: []",
     ]
     return "\n".join(out) + "\n"
-
-
-def runs(rule_id: str, key: IncidentKey, group: list[Occurrence]) -> list[Interval]:
-    """One key's occurrences folded at once (sorted once): the intervals that merging singletons gives."""
-    from analyzer.incidents import EVIDENCE_LINES, MAX_PODS, evidence_order
-
-    group.sort(key=lambda o: o.time)
-    chunks: list[list[Occurrence]] = [[group[0]]]
-    for o in group[1:]:
-        if o.time - chunks[-1][-1].time <= RESOLVE_AFTER:
-            chunks[-1].append(o)
-        else:
-            chunks.append([o])
-    out = []
-    for chunk in chunks:
-        evidence = sorted((o.evidence for o in chunk), key=evidence_order)
-        pods = sorted({o.evidence.pod for o in chunk if o.evidence.pod})[:MAX_PODS]
-        out.append(
-            Interval(
-                rule_id,
-                key,
-                chunk[0].time,
-                chunk[-1].time,
-                len(chunk),
-                tuple(evidence[:EVIDENCE_LINES]),
-                tuple(evidence[-EVIDENCE_LINES:]),
-                tuple(pods),
-            )
-        )
-    return out
