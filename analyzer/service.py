@@ -26,7 +26,7 @@ from analyzer.metrics import Metrics
 from analyzer.pipeline import Pipeline
 from analyzer.store import IncidentQuery, Store, open_store
 from analyzer.types import Catalogue, Category, Rule
-from analyzer.unclassified import TemplateRegistry, template_from_evidence, with_rules
+from analyzer.unclassified import TemplateRegistry, template_from_evidence
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -59,10 +59,6 @@ class CatalogueHolder:
         catalogue, compiled = _compile(settings)
         metrics.for_catalogue(catalogue.rules)
         return cls(settings, metrics, catalogue, compiled, _pipeline(settings, catalogue, compiled))
-
-    def rules(self) -> Mapping[str, Rule]:
-        """The catalogue's rules, and the synthetic rules of the unclassified templates this process knows."""
-        return with_rules(self.pipeline.rules, self.template_rules())
 
     def template_rules(self) -> Mapping[str, Rule] | None:
         """The synthetic rules of the unclassified templates this process knows (None: the lane is off)."""

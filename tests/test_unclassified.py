@@ -377,7 +377,7 @@ async def test_the_api_lists_unclassified_incidents_with_titles_across_a_restart
             "mesh-analyzer",
             Changes(merges=(interval,), stream_time=STREAM_TIME),
             [],
-            api.service.holder.rules(),
+            unclassified.with_rules(pipe.rules, result.unclassified_rules),  # what the ingest passes
         )
         page = (await api.client.get("/v1/incidents", params={"category": "unclassified"})).json()
         assert [(i["rule"], i["title"], i["severity"]) for i in page["items"]] == [(interval.rule_id, title, "info")]
@@ -412,7 +412,8 @@ async def test_rules_draft_reads_the_evidence_from_a_running_server(tmp_path: Pa
     values = [fluent_bit(istio("error", "xdsproxy", unknown_msg(rng), s), "istio-proxy") for s in range(3)]
     result = service.holder.pipeline(values, [STREAM_TIME] * len(values))
     changes = Changes(merges=tuple(result.intervals), stream_time=STREAM_TIME)
-    await service.store.commit_batch("mesh-analyzer", changes, [], service.holder.rules())
+    rules = unclassified.with_rules(service.holder.pipeline.rules, result.unclassified_rules)  # as the ingest
+    await service.store.commit_batch("mesh-analyzer", changes, [], rules)
     (rule_id,) = {i.rule_id for i in result.intervals}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -240,8 +240,7 @@ class KafkaIngest:
 
         pipeline = self._pipeline()
         with self.metrics.stage.labels("match").time():
-            # In a worker thread: the HTTP API shares this event loop, and a batch's matching would otherwise
-            # hold every request for its whole duration. Batches still run one at a time.
+            # On the pipeline's own thread (see __init__), never on the event loop the HTTP API shares.
             result = await self._on_pipeline_thread(pipeline, values, stamps)
         if result.max_event_time is not None:
             self.clock.observe(result.max_event_time)
