@@ -25,10 +25,10 @@ from analyzer.decode import Decoder, Format
 from analyzer.decode.cri import PartialLines, split_cri
 from analyzer.incidents import StreamClock
 from analyzer.match import CompiledCatalogue, RecordPrefilter
-from analyzer.pipeline import Pipeline
+from analyzer.pipeline import BatchResult, Pipeline
 from analyzer.store.base import MAX_LIMIT, IncidentQuery, IncidentRow
 from analyzer.store.sqlite import SqliteStore
-from analyzer.types import Catalogue, Changes, IncidentKey, Interval, LogRecord, Rejected, Rule, Status
+from analyzer.types import Catalogue, Changes, IncidentKey, Interval, LogRecord, Rule, Status
 from analyzer.unclassified import TemplateRegistry, with_rules
 
 # A CRI partial line ("<time> stdout P <chunk>"): a block holding one is joined line by line before the pipeline.
@@ -325,13 +325,9 @@ def match_lines(
     joiner = _Joiner(fmt, MAX_RECORD_BYTES)
     for values, numbers in _batches(joiner, blocks, BATCH):
         fill = _Fill(values, Metadata())
-        for i in prefilter(values).tolist():
-            if not values[i]:
-                continue
-            matched = pipeline._match_candidate(values[i])  # the service's candidate decode
-            if matched is None or isinstance(matched, Rejected):
-                continue
-            record, owners = matched
+        candidates = [i for i in prefilter(values).tolist() if values[i]]
+        # the service's candidate decode and match; rejected records are skipped, as `match` reports matches only
+        for i, record, owners in pipeline.match_candidates(values, candidates, BatchResult()):
             record = fill(i, record)
             rules = tuple(
                 rule

@@ -9,7 +9,7 @@ associative, so the result does not depend on how records were split into batche
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import orjson
@@ -54,6 +54,23 @@ def _event_time(record: LogRecord, kafka_time: float, result: BatchResult) -> tu
         result.clamped += 1
         return kafka_time, replace(record, time=kafka_time)
     return record.time, record
+
+
+def _rejected(values: Sequence[bytes], suspects: Iterable[int], max_bytes: int, counts: Counter[str]) -> set[int]:
+    """The suspects refused without decoding, counted by reason."""
+    out = set()
+    for i in suspects:
+        value = values[i]
+        if not value or value.isspace():
+            counts["empty"] += 1
+        elif len(value) > max_bytes:
+            counts["too-large"] += 1
+        elif value[0] == 0x7B and value.rstrip()[-1:] != b"}":
+            counts["invalid-json"] += 1  # "{" without its "}": truncated, caught without parsing
+        else:
+            continue
+        out.add(i)
+    return out
 
 
 def _first_id(expr_id: int, _from: int, _to: int, _flags: int, ids: list[int]) -> None:
@@ -132,8 +149,9 @@ class Pipeline:
         # could not rest on the pod's istio-proxy lines. None in the service.
         self.on_gate: Callable[[str, LogRecord, float, bool], None] | None = None
 
-    def _match_candidate(self, raw: bytes) -> tuple[LogRecord, tuple[str, ...]] | Rejected | None:
-        """Decode just enough to match; build the full record only for a match."""
+    def _decode_candidate(self, raw: bytes) -> tuple[bytes, LogRecord | dict[str, object]] | Rejected:
+        """Decode just enough to match: (the line to match, its record or, for a Fluent Bit envelope, the
+        parsed object the record is built from if the line matches)."""
         if raw[0] == 0x7B:
             try:
                 obj = orjson.loads(raw)
@@ -142,29 +160,46 @@ class Pipeline:
             if type(obj) is dict:
                 if event_object(obj) is not None:  # a Kubernetes event: matched on its canonical text
                     event = record_from_event(obj, max_line_bytes=self._max_bytes)
-                    if isinstance(event, Rejected):
-                        return event
-                    owners = self._matcher.one(event.line)
-                    return (event, owners) if owners else None
+                    return event if isinstance(event, Rejected) else (event.line, event)
                 text = obj.get("log")
                 if type(text) is not str:
                     text = obj.get("message")
                 if type(text) is str:
-                    owners = self._matcher.one(log_line(text))
-                    if not owners:
-                        return None
-                    record = record_from_mapping(obj, max_line_bytes=self._max_bytes)
-                    return record if isinstance(record, Rejected) else (record, owners)
+                    return log_line(text), obj
         # CRI, plain lines and JSON lines that are not envelopes (Istio --log_as_json, Envoy JSON access logs).
         # A fresh decoder per record: Fluent Bit joined any CRI partials, and state shared across records of
         # different partitions would mix pods.
         decoded = Decoder(Format.AUTO, max_line_bytes=self._max_bytes)(raw)
         if decoded is None:
             return Rejected("partial", "a CRI partial line without its final chunk")
-        if isinstance(decoded, Rejected):
-            return decoded
-        owners = self._matcher.one(decoded.line)
-        return (decoded, owners) if owners else None
+        return decoded if isinstance(decoded, Rejected) else (decoded.line, decoded)
+
+    def match_candidates(
+        self, values: Sequence[bytes], candidates: Sequence[int], result: BatchResult
+    ) -> list[tuple[int, LogRecord, tuple[str, ...]]]:
+        """(index, record, owners) of the candidates that match. One exact scan for all the candidates' lines
+        (a scan call has a fixed cost that a large database makes dear); full records built for matches only."""
+        decoded: list[tuple[int, LogRecord | dict[str, object]]] = []
+        lines: list[bytes] = []
+        for i in candidates:
+            d = self._decode_candidate(values[i])
+            if isinstance(d, Rejected):
+                result.rejected[d.reason] += 1
+            else:
+                lines.append(d[0])
+                decoded.append((i, d[1]))
+        out = []
+        for j, owners in self._matcher(lines):
+            i, source = decoded[j]
+            if isinstance(source, LogRecord):
+                out.append((i, source, owners))
+                continue
+            record = record_from_mapping(source, max_line_bytes=self._max_bytes)
+            if isinstance(record, Rejected):
+                result.rejected[record.reason] += 1
+            else:
+                out.append((i, record, owners))
+        return out
 
     def __call__(
         self,
@@ -175,34 +210,17 @@ class Pipeline:
         """``timestamps``: the Kafka record times (seconds), the event time of last resort (read only for the
         records decoded). ``fill(index, record)``: metadata for decoded records that carry none (`scan`)."""
         result = BatchResult()
-        screened: list[int] = []
-        max_bytes = self._max_bytes
-        for i, value in enumerate(values):
-            # Cheap checks on every record, without copying it (the hot loop of a 1M records/s path).
-            if not value or value.isspace():
-                result.rejected["empty"] += 1
-            elif len(value) > max_bytes:
-                result.rejected["too-large"] += 1
-            elif value[0] == 0x7B and value[-1] != 0x7D and value.rstrip()[-1:] != b"}":
-                result.rejected["invalid-json"] += 1  # "{" without its "}": truncated, caught without parsing
-            else:
-                screened.append(i)
-        batch = values if len(screened) == len(values) else [values[i] for i in screened]
-        hits = self._prefilter(batch).tolist()
-        candidates = hits if batch is values else [screened[j] for j in hits]
+        hits, suspects = self._prefilter.screened(values, self._max_bytes)
+        rejected = _rejected(values, suspects.tolist(), self._max_bytes, result.rejected)
+        candidates = [i for i in hits.tolist() if i not in rejected] if rejected else hits.tolist()
         result.candidates = len(candidates)
 
         found: list[tuple[float, LogRecord, tuple[str, ...]]] = []
-        for i in candidates:
-            matched = self._match_candidate(values[i])
-            if isinstance(matched, Rejected):
-                result.rejected[matched.reason] += 1
-            elif matched is not None:
-                record, owners = matched
-                if fill is not None:
-                    record = fill(i, record)
-                when, record = _event_time(record, timestamps[i], result)
-                found.append((when, record, owners))
+        for i, record, owners in self.match_candidates(values, candidates, result):
+            if fill is not None:
+                record = fill(i, record)
+            when, record = _event_time(record, timestamps[i], result)
+            found.append((when, record, owners))
         # Signals and app lines of one pod can share a batch: feed them in event-time order.
         found.sort(key=lambda item: item[0])
 

@@ -20,7 +20,7 @@ from analyzer.match.ordinary import SAMPLE_VERSION, literal_rates
 from analyzer.types import Catalogue, Expression
 
 # Bump when the way databases are built changes, so stale cache entries are never loaded.
-_BUILD_VERSION = "2"
+_BUILD_VERSION = "3"
 # A prefilter literal found in more of the ordinary-traffic sample than this is refused: on some traffic mix
 # it would make the prefilter decode most records for nothing.
 COMMON_RATE = 0.01
@@ -177,7 +177,24 @@ def prefilter_literals(entries: Sequence[Entry]) -> tuple[list[tuple[bytes, bool
                 )
             )
         chosen.update((f, caseless) for f in best)
-    return sorted(chosen), problems
+    return sorted(_without_covered(chosen)), problems
+
+
+def _without_covered(literals: set[tuple[bytes, bool]]) -> set[tuple[bytes, bool]]:
+    """Drop each literal that holds another chosen one: a record with it is a candidate already. Hyperscan's
+    literal matcher slows with the number of literals, not with how many expressions they serve."""
+    kept: list[tuple[bytes, bool]] = []
+    for lit, caseless in sorted(literals, key=lambda item: len(item[0])):
+        if not any(_covers(k, k_caseless, lit, caseless) for k, k_caseless in kept):
+            kept.append((lit, caseless))
+    return set(kept)
+
+
+def _covers(inner: bytes, inner_caseless: bool, outer: bytes, outer_caseless: bool) -> bool:
+    """Does every record holding ``outer`` (as matched) hold ``inner`` (as matched)?"""
+    if inner_caseless:
+        return inner.lower() in outer.lower()
+    return not outer_caseless and inner in outer
 
 
 def lint(catalogue: Catalogue) -> list[Warning_]:

@@ -17,7 +17,7 @@ from typing import Any
 import hyperscan
 
 from analyzer.match.compiler import CompiledCatalogue
-from analyzer.match.scanner import IndexArray, scan_batches
+from analyzer.match.scanner import IndexArray, scan_batches, screen_and_scan
 
 _WORD = "(?:error|fatal|critical)"
 LEVEL_EXPRESSIONS: tuple[str, ...] = (
@@ -89,6 +89,10 @@ class CombinedPrefilter:
 
     def __call__(self, records: Sequence[bytes]) -> IndexArray:
         return scan_batches(self._db, records)
+
+    def screened(self, records: Sequence[bytes], max_bytes: int) -> tuple[IndexArray, IndexArray]:
+        """(candidates, records to screen one by one): see ``screen_and_scan``."""
+        return screen_and_scan(self._db, records, max_bytes)
 
 
 def _stop(_id: int, _from: int, _to: int, _flags: int, found: Any) -> None:

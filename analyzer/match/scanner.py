@@ -9,7 +9,7 @@ produce false matches, and the batch scan cannot miss one (a match inside a line
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,21 +52,64 @@ def _cuts(starts: npt.NDArray[np.int64]) -> list[int]:
     return list(np.unique(np.concatenate(([0, n], byte_cuts, line_cuts))).tolist())
 
 
+def _chunks(lines: Sequence[bytes]) -> Iterator[tuple[int, bytes, npt.NDArray[np.int64]]]:
+    """(index of the chunk's first line, the chunk's lines joined with \\n, where each starts in it)."""
+    starts = _line_starts(lines)
+    for a, b in itertools.pairwise(_cuts(starts)):
+        yield a, b"\n".join(lines[a:b]), starts[a:b] - starts[a]
+
+
+def _hit_lines(db: Any, joined: bytes, local: npt.NDArray[np.int64]) -> IndexArray | None:
+    ends: list[int] = []
+    db.scan(joined, match_event_handler=_collect_end, context=ends)
+    if not ends:
+        return None
+    # The last byte of a match (end - 1) lies in the line that started at or before it.
+    return np.unique(np.searchsorted(local, np.asarray(ends, dtype=np.int64) - 1, side="right") - 1)
+
+
 def scan_batches(db: Any, lines: Sequence[bytes]) -> IndexArray:
     """Indices of lines where a batch scan reported a match end (a superset of the matching lines)."""
     if not lines:
         return np.empty(0, dtype=np.intp)
-    starts = _line_starts(lines)
     found = []
-    for a, b in itertools.pairwise(_cuts(starts)):
-        ends: list[int] = []
-        db.scan(b"\n".join(lines[a:b]), match_event_handler=_collect_end, context=ends)
-        if ends:
-            # The last byte of a match (end - 1) lies in the line that started at or before it.
-            local = starts[a:b] - starts[a]
-            hit = np.searchsorted(local, np.asarray(ends, dtype=np.int64) - 1, side="right") - 1
-            found.append(np.unique(hit) + a)
+    for a, joined, local in _chunks(lines):
+        hit = _hit_lines(db, joined, local)
+        if hit is not None:
+            found.append(hit + a)
     return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
+
+
+_BLANK = np.zeros(256, dtype=bool)
+_BLANK[list(b" \t\n\r\x0b\x0c")] = True
+
+
+def screen_and_scan(db: Any, records: Sequence[bytes], max_bytes: int) -> tuple[IndexArray, IndexArray]:
+    """``scan_batches`` plus the records worth a second look before decoding (empty, starting blank, larger
+    than ``max_bytes``, or ``{`` not ending in ``}``), read off the joined chunk with numpy: no Python per
+    record on the path every record takes."""
+    if not records:
+        return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp)
+    found, suspects = [], []
+    for a, joined, local in _chunks(records):
+        hit = _hit_lines(db, joined, local)
+        if hit is not None:
+            found.append(hit + a)
+        buf = np.frombuffer(joined, dtype=np.uint8)
+        lengths = np.diff(local, append=len(joined) + 1) - 1
+        if not len(buf):  # every record of the chunk is empty
+            suspects.append(np.arange(len(local)) + a)
+            continue
+        firsts = buf[np.minimum(local, len(buf) - 1)]
+        lasts = buf[np.maximum(local + lengths - 1, 0)]
+        odd = (lengths == 0) | (lengths > max_bytes) | _BLANK[firsts] | ((firsts == 0x7B) & (lasts != 0x7D))
+        if odd.any():
+            suspects.append(np.flatnonzero(odd) + a)
+    none = np.empty(0, dtype=np.intp)
+    return (
+        np.concatenate(found) if found else none,
+        np.concatenate(suspects) if suspects else none,
+    )
 
 
 def _scan_pairs(db: Any, lines: Sequence[bytes]) -> list[tuple[int, list[int]]]:
@@ -151,3 +194,7 @@ class RecordPrefilter:
 
     def __call__(self, records: Sequence[bytes]) -> IndexArray:
         return scan_batches(self._db, records)
+
+    def screened(self, records: Sequence[bytes], max_bytes: int) -> tuple[IndexArray, IndexArray]:
+        """(candidates, records to screen one by one): see ``screen_and_scan``."""
+        return screen_and_scan(self._db, records, max_bytes)
