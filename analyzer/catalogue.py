@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from analyzer.errors import CatalogueError, RuleProblem
-from analyzer.types import Catalogue, Category, Component, Expression, Rule, Scope, Severity
+from analyzer.types import Catalogue, Category, Causes, CauseScope, Component, Expression, Rule, Scope, Severity
 
 RULE_FIELDS = frozenset(
     {
@@ -34,12 +34,15 @@ RULE_FIELDS = frozenset(
         "references",
         "examples",
         "exclude",
+        "causes",
     }
 )
 REQUIRED_FIELDS = ("id", "title", "category", "component", "severity", "match", "remediation", "examples")
 EXPRESSION_FIELDS = frozenset({"pattern", "caseless"})
 SCOPE_FIELDS = frozenset({"containers", "namespaces"})
 EXAMPLE_FIELDS = frozenset({"match", "no_match"})
+CAUSES_FIELDS = frozenset({"categories", "rules", "scope", "slack"})
+DEFAULT_CAUSE_SLACK = 60.0
 LANGUAGES = ("en", "pt-BR")
 DEFAULT_RESOLVE_AFTER = 900.0
 
@@ -180,6 +183,45 @@ class _RuleReader:
             namespaces=self.strings(value.get("namespaces"), "scope.namespaces"),
         )
 
+    def causes(self) -> Causes | None:
+        """``causes: {categories, rules, scope, slack}``; the targets are checked across files (load_catalogue)."""
+        value = self.raw.get("causes")
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.problem("'causes' must be a mapping with 'categories' and/or 'rules', 'scope' and 'slack'")
+            return None
+        unknown = set(value) - CAUSES_FIELDS
+        if unknown:
+            self.problem(f"unknown field(s) in 'causes': {', '.join(sorted(map(str, unknown)))}")
+        categories: list[Category] = []
+        for name in self.strings(value.get("categories"), "causes.categories"):
+            try:
+                category = Category(name)
+            except ValueError:
+                category = None
+            if category is None or category is Category.UNCLASSIFIED:
+                allowed = ", ".join(c.value for c in Category if c is not Category.UNCLASSIFIED)
+                self.problem(f"'causes.categories' names unknown category {name!r}; expected one of: {allowed}")
+            else:
+                categories.append(category)
+        rules = self.strings(value.get("rules"), "causes.rules")
+        if not categories and not rules and not self.problems:
+            self.problem("'causes' needs at least one target in 'categories' or 'rules'")
+        try:
+            scope = CauseScope(str(value.get("scope")))
+        except ValueError:
+            allowed = ", ".join(s.value for s in CauseScope)
+            self.problem(f"'causes.scope' is {value.get('scope')!r}; expected one of: {allowed}")
+            scope = CauseScope.MESH
+        slack = DEFAULT_CAUSE_SLACK
+        if value.get("slack") is not None:
+            try:
+                slack = parse_duration(value["slack"])
+            except ValueError as exc:
+                self.problem(f"'causes.slack': {exc}")
+        return Causes(tuple(dict.fromkeys(categories)), tuple(dict.fromkeys(rules)), scope, slack)
+
     def duration(self, name: str, default: float | None) -> float | None:
         value = self.raw.get(name)
         if value is None:
@@ -247,6 +289,7 @@ class _RuleReader:
         remediation = self.remediation()
         references = self.strings(self.raw.get("references"), "references")
         positive, negative = self.examples()
+        causes = self.causes()
         if self.problems or category is None or component is None or severity is None:
             return None
         assert resolve_after is not None
@@ -266,6 +309,7 @@ class _RuleReader:
             examples_no_match=negative,
             source=self.file,
             exclude=exclude,
+            causes=causes,
         )
 
 
@@ -296,6 +340,53 @@ def _read_file(path: Path) -> tuple[list[Rule], list[RuleProblem]]:
     return rules, problems
 
 
+def _causes_canonical(c: Causes) -> dict[str, object]:
+    return {
+        "categories": [x.value for x in c.categories],
+        "rules": list(c.rules),
+        "scope": c.scope.value,
+        "slack": c.slack,
+    }
+
+
+def cause_problems(rules: Iterable[Rule]) -> list[RuleProblem]:
+    """Causes that name no rule of the catalogue, and cycles (a rule that would, through its symptoms, cause
+    itself). A category target stands for every rule of that category but the declaring rule itself."""
+    rules = list(rules)
+    ids = {r.id for r in rules}
+    problems: list[RuleProblem] = []
+    edges: dict[str, list[str]] = {}
+    for rule in rules:
+        if rule.causes is None:
+            continue
+        for target in rule.causes.rules:
+            if target not in ids:
+                problems.append(RuleProblem(rule.source, rule.id, f"'causes.rules' names unknown rule {target!r}"))
+            elif target == rule.id:
+                problems.append(RuleProblem(rule.source, rule.id, "'causes.rules' names the rule itself"))
+        edges[rule.id] = sorted(r.id for r in rules if r.id != rule.id and rule.causes.targets(r.id, r.category.value))
+    # Cycles among the rules that declare causes (only they have outgoing edges); each reported once, by the
+    # smallest rule id on it, with its path.
+    by_id = {r.id: r for r in rules}
+    reported: set[frozenset[str]] = set()
+    for start in sorted(edges):
+        stack: list[tuple[str, list[str]]] = [(start, [start])]
+        visited: set[str] = set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in edges.get(node, ()):
+                if nxt == start:
+                    members = frozenset(path)
+                    if members not in reported and min(members) == start:
+                        reported.add(members)
+                        cycle = " -> ".join([*path, start])
+                        problems.append(RuleProblem(by_id[start].source, start, f"'causes' makes a cycle: {cycle}"))
+                elif nxt in edges and nxt not in visited:
+                    visited.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    return problems
+
+
 def digest_rules(rules: Iterable[Rule]) -> str:
     canonical = [
         {
@@ -311,6 +402,9 @@ def digest_rules(rules: Iterable[Rule]) -> str:
             "remediation": dict(r.remediation),
             "references": list(r.references),
             "exclude": [[e.pattern, e.caseless] for e in r.exclude],
+            # Only where declared, so the digest (and the compiled-database cache) of a catalogue without causes
+            # stays what it was.
+            **({"causes": _causes_canonical(r.causes)} if r.causes is not None else {}),
         }
         for r in rules
     ]
@@ -340,6 +434,7 @@ def load_catalogue(directory: Path | str) -> Catalogue:
         if rule.id in seen:
             problems.append(RuleProblem(rule.source, rule.id, f"duplicate id (also in {seen[rule.id]})"))
         seen.setdefault(rule.id, rule.source)
+    problems.extend(cause_problems(rules))
     if problems:
         raise CatalogueError(problems)
     rules.sort(key=lambda r: r.id)

@@ -37,6 +37,14 @@ class Metrics:
             ["status", "category", "severity"],
             registry=registry,
         )
+        self.open_roots = Gauge(
+            "analyzer_open_roots",
+            "Open incidents that are no other incident's symptom: root causes (open while one of their symptoms "
+            "is) and standalone incidents, by the root's category and the most severe open member's severity; "
+            "symptoms grouped under a root are not counted on their own.",
+            ["category", "severity"],
+            registry=registry,
+        )
         self.suppressed = Counter(
             "analyzer_transients_suppressed",
             "Incidents that ended within their transient window (counted, not alerted).",
@@ -116,6 +124,12 @@ class Metrics:
             self.stage.labels(stage)
         for kind in RETENTION_KINDS:
             self.retention_deleted.labels(kind)
+
+    def set_open_roots(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """Replace the analyzer_open_roots series with (category, severity, count) rows."""
+        self.open_roots.clear()
+        for category, severity, count in rows:
+            self.open_roots.labels(category, severity).set(count)
 
     def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Forget the lag series of partitions this consumer no longer owns (another replica reports them)."""

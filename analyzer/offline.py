@@ -15,12 +15,13 @@ import heapq
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import overload
 
-from analyzer import incidents
+from analyzer import causes, incidents
+from analyzer.causes import Affected
 from analyzer.decode import Decoder, Format
 from analyzer.decode.cri import PartialLines, split_cri
 from analyzer.incidents import StreamClock
@@ -347,6 +348,12 @@ class Incident:
     status: Status
     # Lines of a gated rule kept without the readiness gate, by reason (see GateStats); empty when it applied.
     ungated: tuple[tuple[str, int], ...] = ()
+    caused_by: str | None = None  # the root cause's id when this incident is a symptom (analyzer/causes.py)
+    symptoms: tuple[Incident, ...] = ()  # a root cause's symptoms, earliest first
+    affected: Affected | None = None  # a root cause's: what its symptoms cover
+    # A root cause's status is its group's (open while a symptom is, as the API shows it); this is its own, as
+    # the store derives it from its interval alone. None: the same as ``status``.
+    own_status: Status | None = None
 
     @property
     def note(self) -> str | None:
@@ -359,6 +366,56 @@ class Incident:
             f"the proxy-readiness gate could not be applied to {n} of {self.interval.count} lines ({why}); "
             "they count on the line rule alone, whatever the proxy's state"
         )
+
+
+def with_causes(found: Sequence[Incident], rules: Mapping[str, Rule]) -> list[Incident]:
+    """The incidents with their cause grouping: a symptom with its root's id, a root with its symptoms, what
+    they affect, and its group status (open while a symptom is). Same order as ``found``."""
+    grouping = causes.group((causes.Span.of(i.id, i.interval) for i in found), rules)
+    if not grouping.root:
+        return list(found)
+    by_id = {i.id: i for i in found}
+    symptoms_of = {
+        root: tuple(replace(by_id[s], caused_by=root) for s in ids) for root, ids in grouping.symptoms.items()
+    }
+    out = []
+    for i in found:
+        if i.id in symptoms_of:
+            group = symptoms_of[i.id]
+            status = causes.group_status(i.status, (s.status for s in group))
+            affected = grouping.affected_of(i.id)
+            out.append(replace(i, status=status, own_status=i.status, symptoms=group, affected=affected))
+        else:
+            out.append(replace(i, caused_by=grouping.caused_by(i.id)))
+    return out
+
+
+def nested(found: Sequence[Incident]) -> list[Incident]:
+    """Incidents that carry their caused_by already (as the API lists them): each root among them gets the
+    symptoms among them attached, in the order given, so the table prints them under it."""
+    under: dict[str, list[Incident]] = {}
+    for i in found:
+        if i.caused_by is not None:
+            under.setdefault(i.caused_by, []).append(i)
+    return [replace(i, symptoms=tuple(under[i.id])) if i.id in under else i for i in found]
+
+
+def symptom_lines(incident: Incident) -> list[str]:
+    """A root cause's symptoms, one line each, indented under it in the incident table (`scan`, `incidents`)."""
+    if not incident.symptoms:
+        return []
+    a = incident.affected
+    head = f"  symptoms: {len(incident.symptoms)} incident(s) caused by this"
+    if a is not None:
+        head += f", {a.workloads} workload(s), {a.pods} pod(s) affected"
+    lines = [head]
+    for s in incident.symptoms:
+        k, rule = s.interval.key, s.rule
+        lines.append(
+            f"    ↳ {s.status.value.upper():<10} {rule.severity.value:<8} {rule.id}  [{rule.category.value}]  "
+            f"{k.namespace}/{k.workload}  {s.interval.count} lines"
+        )
+    return lines
 
 
 STATUS_ORDER = {Status.OPEN: 0, Status.PENDING: 1, Status.SUPPRESSED: 2, Status.RESOLVED: 3}
@@ -499,6 +556,7 @@ async def _scan(
             (unknown if registry is not None and rule.id in registry.rules else known).append(incident)
     finally:
         await store.close()
+    known = with_causes(known, rules)
     known.sort(
         key=lambda i: (STATUS_ORDER[i.status], SEVERITY_ORDER[i.rule.severity.value], -i.interval.last_seen, i.rule.id)
     )

@@ -25,6 +25,7 @@ from analyzer.match import CompiledCatalogue, compile_catalogue
 from analyzer.metrics import Metrics
 from analyzer.pipeline import Pipeline
 from analyzer.store import IncidentQuery, Store, open_store
+from analyzer.store.causes import open_roots
 from analyzer.types import Catalogue, Category, Rule
 from analyzer.unclassified import TemplateRegistry, template_from_evidence
 
@@ -233,6 +234,8 @@ async def _refresh_metrics(service: Service, stop: asyncio.Event) -> None:
             service.metrics.incidents.clear()
             for status, category, severity, count in rows:
                 service.metrics.incidents.labels(status, category, severity).set(count)
+            roots = open_roots(service.store, service.holder.catalogue.by_id(), stream_time)
+            service.metrics.set_open_roots(await asyncio.wait_for(roots, service.settings.store_timeout))
             # Counted where it happens: each incident once, by the replica whose claim marks it.
             claimed = await asyncio.wait_for(
                 service.store.claim_suppressed(stream_time), service.settings.store_timeout

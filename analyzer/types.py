@@ -52,6 +52,28 @@ class Status(StrEnum):
     RESOLVED = "resolved"  # quiet for resolve_after
 
 
+class CauseScope(StrEnum):
+    """Where a cause's symptoms may be: anywhere in its cluster, its namespace, or its workload."""
+
+    MESH = "mesh"
+    NAMESPACE = "namespace"
+    WORKLOAD = "workload"
+
+
+@dataclass(frozen=True, slots=True)
+class Causes:
+    """What a rule's incidents explain (analyzer/causes.py): incidents of these categories or rules whose first
+    occurrence falls inside the cause incident's interval (widened by ``slack``), in the same cluster and scope."""
+
+    categories: tuple[Category, ...]
+    rules: tuple[str, ...]
+    scope: CauseScope
+    slack: float  # seconds
+
+    def targets(self, rule_id: str, category: str) -> bool:
+        return rule_id in self.rules or any(c.value == category for c in self.categories)
+
+
 @dataclass(frozen=True, slots=True)
 class Expression:
     """One Hyperscan expression of a rule. Matching is always per line (HS_FLAG_MULTILINE)."""
@@ -106,6 +128,8 @@ class Rule:
     source: str  # the file the rule came from, for error messages
     # Checked on a line after ``expressions`` matched it (Python ``re``): look-alikes Hyperscan cannot exclude.
     exclude: tuple[Expression, ...] = ()
+    # What this rule's incidents cause (their symptoms are grouped under them at read time); None: nothing.
+    causes: Causes | None = None
 
     def applies_to(self, container: str | None, namespace: str | None) -> bool:
         """Component and scope filters; each applies only where the record carries the metadata."""

@@ -21,11 +21,13 @@ from pydantic import WithJsonSchema
 
 from analyzer.api.auth import AUTH_RESPONSES, Caller
 from analyzer.api.context import ApiContext
+from analyzer.api.grouped import View, grouped_page
 from analyzer.api.params import MAX_EPOCH, MIN_EPOCH, negotiate_language, parse_time
 from analyzer.api.schemas import MAX_NAME, AckRequest, IncidentDetail, IncidentItem, IncidentPageOut, Problem
 from analyzer.api.views import incident_detail, incident_item
 from analyzer.incidents import status_of
-from analyzer.store import IncidentPage, IncidentQuery, IncidentRow
+from analyzer.store import IncidentQuery, IncidentRow
+from analyzer.store.causes import CauseReader, CauseView
 from analyzer.types import Category, Severity, Status
 
 log = structlog.get_logger("analyzer.api")
@@ -82,6 +84,24 @@ class Filters:
             now=now,
         )
 
+    def admits(self, row: IncidentRow) -> bool:
+        """Every filter but status, on a row read otherwise (a root found among the cause incidents)."""
+        matchers = (
+            (self.category, row.category),
+            (self.severity, row.severity),
+            (self.rule, row.rule_id),
+            (self.cluster, row.key.cluster),
+            (self.namespace, row.key.namespace),
+            (self.workload, row.key.workload),
+        )
+        if any(want is not None and want != have for want, have in matchers):
+            return False
+        if self.pod is not None and self.pod not in row.pods:
+            return False
+        if self.since is not None and row.last_seen < self.since:
+            return False
+        return self.until is None or row.first_seen <= self.until
+
 
 def _time(name: str, value: str | None) -> float | None:
     if value is None:
@@ -134,18 +154,30 @@ class _Seen:
     status: Status
     acked: bool
     silenced: bool
+    caused_by: str | None = None
 
     @classmethod
-    def of(cls, row: IncidentRow) -> _Seen:
-        return cls(row.count, row.last_seen, row.status, row.acked_at is not None, row.silenced)
+    def of(cls, row: IncidentRow, causes: CauseView | None = None) -> _Seen:
+        if causes is None:
+            return cls(row.count, row.last_seen, row.status, row.acked_at is not None, row.silenced)
+        return cls(
+            row.count,
+            row.last_seen,
+            causes.status(row),
+            row.acked_at is not None,
+            row.silenced,
+            causes.caused_by(row.id),
+        )
 
 
-def changed_rows(rows: Iterable[IncidentRow], seen: dict[str, _Seen]) -> list[IncidentRow]:
+def changed_rows(
+    rows: Iterable[IncidentRow], seen: dict[str, _Seen], causes: CauseView | None = None
+) -> list[IncidentRow]:
     """Rows new or changed since ``seen`` (updated in place to the current page), oldest first."""
     fresh: dict[str, _Seen] = {}
     out: list[IncidentRow] = []
     for row in rows:
-        now = _Seen.of(row)
+        now = _Seen.of(row, causes)
         fresh[row.id] = now
         if seen.get(row.id) != now:
             out.append(row)
@@ -192,7 +224,12 @@ def decode_event_id(value: str | None) -> Position | None:
 
 
 def resumed_rows(
-    rows: Iterable[IncidentRow], since: Position, silences: str, margin: float, seen: dict[str, _Seen]
+    rows: Iterable[IncidentRow],
+    since: Position,
+    silences: str,
+    margin: float,
+    seen: dict[str, _Seen],
+    causes: CauseView | None = None,
 ) -> list[IncidentRow]:
     """The first poll after a reconnect: the rows that changed since ``since`` (``seen`` is set to the page).
 
@@ -200,28 +237,51 @@ def resumed_rows(
     position was taken may carry an earlier stamp (its statement ran first), so ``margin`` (longer than any
     write transaction) reaches back: a few rows may come twice, none is missed. A status is derived, so it
     changed iff it differs at the two stream times. When the set of active silences changed (one was added or
-    expired) any silenced flag may have, and every row is sent.
+    expired) any silenced flag may have, and every row is sent. Grouping is derived from other incidents (the
+    causes): a row under a cause that was written since is sent too.
     """
     everything = silences != since.silences
     out: list[IncidentRow] = []
     seen.clear()
     for row in rows:
-        seen[row.id] = _Seen.of(row)
+        seen[row.id] = _Seen.of(row, causes)
         then = status_of(row.first_seen, row.last_seen, row.transient, row.resolve_after, since.stream_time)
-        if everything or row.updated_at > since.written - margin or then is not row.status:
+        grouped = causes is not None and _cause_written_since(row, causes, since.written - margin)
+        if everything or grouped or row.updated_at > since.written - margin or then is not row.status:
             out.append(row)
     out.reverse()
+    return out
+
+
+def _cause_written_since(row: IncidentRow, causes: CauseView, since: float) -> bool:
+    """Whether the incidents that make ``row`` a symptom, or a root, changed after ``since``: its causes up
+    the chain, or (for a root) its symptoms."""
+    parent = causes.grouping.parent
+    related = [*causes.symptoms(row.id)]
+    current = row.id
+    while current in parent and len(related) < 64:
+        current = parent[current]
+        if current in causes.rows:
+            related.append(causes.rows[current])
+    return any(r.updated_at > since for r in related)
+
+
+def symptom_events(
+    changed: Iterable[IncidentRow], seen_before: dict[str, _Seen], causes: CauseView
+) -> list[ServerSentEvent]:
+    """``symptom`` events: incidents that became (or changed to) a symptom of another root since last sent."""
+    out = []
+    for row in changed:
+        root = causes.caused_by(row.id)
+        before = seen_before.get(row.id)
+        if root is not None and (before is None or before.caused_by != root):
+            out.append(ServerSentEvent(event="symptom", data={"id": row.id, "caused_by": root}))
     return out
 
 
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
     store, settings, metrics, running = ctx.store, ctx.settings, ctx.metrics, ctx.running
-
-    async def page(filters: Filters, limit: int, cursor: str | None) -> IncidentPage:
-        stream_time = await running.stream_time()
-        query = filters.query(limit=limit, cursor=cursor, stream_time=stream_time, now=ctx.wall())
-        return await ctx.store_call(store.list_incidents(query))
 
     @router.get("", response_model=IncidentPageOut)
     async def list_incidents(
@@ -230,14 +290,29 @@ def build_router(ctx: ApiContext) -> APIRouter:
         cursor: Annotated[
             str | None, Query(min_length=1, max_length=MAX_CURSOR, description="next_cursor of the previous page")
         ] = None,
+        view: Annotated[
+            View,
+            Query(
+                description="all: every incident, a symptom with its caused_by; roots: root causes (with what "
+                "they affect) and standalone incidents, symptoms left out. A page may come short of the limit "
+                "when many were left out: follow next_cursor until it is null"
+            ),
+        ] = View.ALL,
     ) -> IncidentPageOut:
-        """Incidents, newest (by last seen) first, with their status derived at the stream time."""
+        """Incidents, newest (by last seen) first, with their status derived at the stream time and their cause
+        grouping derived from the catalogue's causes."""
+        stream_time = await running.stream_time()
+        now = ctx.wall()
+        rules = ctx.rules()
+        query = filters.query(limit=limit, cursor=cursor, stream_time=stream_time, now=now)
+        reader = CauseReader(store, rules, stream_time, now)
         try:
-            result = await page(filters, limit, cursor)
+            result = await ctx.store_call(grouped_page(reader, query, view, filters.admits))
         except ValueError as exc:  # a cursor that is not one of ours
             raise invalid("query", "cursor", cursor, str(exc)) from None
-        rules = ctx.rules()
-        return IncidentPageOut(items=[incident_item(r, rules) for r in result.items], next_cursor=result.next_cursor)
+        return IncidentPageOut(
+            items=[incident_item(row, rules, causes) for row, causes in result.items], next_cursor=result.next_cursor
+        )
 
     async def stream_slot() -> AsyncIterator[None]:
         """Holds one of ANALYZER_MAX_STREAMS for the life of the response; 503 beyond the cap."""
@@ -269,7 +344,9 @@ def build_router(ctx: ApiContext) -> APIRouter:
         responses={
             200: {
                 "description": "`incident` events (data: an incident item); `merged` events (data: `id` and "
-                "`merged_into`, for an incident a late line bridged into an older one); `: keepalive` comments. "
+                "`merged_into`, for an incident a late line bridged into an older one); `symptom` events (data: `id` "
+                "and `caused_by`, after the incident's own event, when it became the symptom of a root cause); "
+                "`: keepalive` comments. "
                 "Every event has an `id:`; a client that reconnects with it as `Last-Event-ID` gets only the "
                 "incidents that changed since (new lines, status, ack, silence), not the whole page again"
             },
@@ -328,27 +405,37 @@ def build_router(ctx: ApiContext) -> APIRouter:
                     signature = await silence_signature()
                     written = await ctx.store_call(store.clock())
                     stream_time = await running.stream_time()
-                    query = filters.query(limit=limit, cursor=None, stream_time=stream_time, now=ctx.wall())
-                    result = await ctx.store_call(store.list_incidents(query))
+                    now = ctx.wall()
+                    query = filters.query(limit=limit, cursor=None, stream_time=stream_time, now=now)
+                    rules = ctx.rules()
+                    reader = CauseReader(store, rules, stream_time, now)
+                    # The list's page (a status filter follows a root's group status), grouped as one view.
+                    page = await ctx.store_call(grouped_page(reader, query, View.ALL, filters.admits))
+                    rows = [row for row, _ in page.items]
+                    causes = await ctx.store_call(reader.view(rows))
                 except HTTPException as exc:
                     yield ServerSentEvent(event="error", data={"detail": exc.detail})
                     last_sent = loop.time()
                 else:
-                    rules = ctx.rules()
                     before = set(seen)
+                    seen_before = dict(seen)
                     merged: dict[str, str] = {}
                     if resuming and position is not None:
-                        changed = resumed_rows(result.items, position, signature, margin, seen)
+                        changed = resumed_rows(rows, position, signature, margin, seen, causes)
                         since = position.written - margin
                         with contextlib.suppress(HTTPException):  # then the client misses no incident, only merges
                             merged = await ctx.store_call(store.aliases_since(since, limit))
                         resuming = False
                     else:
-                        changed = changed_rows(result.items, seen)
+                        changed = changed_rows(rows, seen, causes)
                     events: list[ServerSentEvent] = [
-                        ServerSentEvent(event="incident", data=incident_item(row, rules).model_dump(mode="json"))
+                        ServerSentEvent(
+                            event="incident", data=incident_item(row, rules, causes).model_dump(mode="json")
+                        )
                         for row in changed
                     ]
+                    # After the incident events: the client has the incidents the symptom events name.
+                    events.extend(symptom_events(changed, seen_before, causes))
                     # An incident that left the page either fell off its end or was merged into another.
                     gone = sorted(before - set(seen))
                     if gone:
@@ -390,12 +477,16 @@ def build_router(ctx: ApiContext) -> APIRouter:
         lang: Annotated[str | None, Query(max_length=35, description="en or pt-BR; overrides Accept-Language")] = None,
         accept_language: Annotated[str | None, Header(max_length=1000)] = None,
     ) -> IncidentDetail:
-        """One incident with its evidence, remediation (in the language asked) and commands to look further."""
+        """One incident with its evidence, remediation (in the language asked) and commands to look further; a
+        root cause with the incidents it explains, a symptom with its root's id."""
         stream_time = await running.stream_time()
-        row = await ctx.store_call(store.get_incident(incident_id, stream_time, now=ctx.wall()))
+        now = ctx.wall()
+        row = await ctx.store_call(store.get_incident(incident_id, stream_time, now=now))
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
-        return incident_detail(row, ctx.rules(), negotiate_language(lang, accept_language))
+        rules = ctx.rules()
+        causes = await ctx.store_call(CauseReader(store, rules, stream_time, now).view([row]))
+        return incident_detail(row, rules, negotiate_language(lang, accept_language), causes)
 
     @router.post(
         "/{incident_id}/ack",
@@ -415,9 +506,12 @@ def build_router(ctx: ApiContext) -> APIRouter:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
         log.info("incident acknowledged", incident=incident_id, by=by, comment=comment)
         stream_time = await running.stream_time()
-        row = await ctx.store_call(store.get_incident(incident_id, stream_time, now=ctx.wall()))
+        now = ctx.wall()
+        row = await ctx.store_call(store.get_incident(incident_id, stream_time, now=now))
         if row is None:  # a merge never removes an id (it becomes an alias): only retention can
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
-        return incident_item(row, ctx.rules())
+        rules = ctx.rules()
+        causes = await ctx.store_call(CauseReader(store, rules, stream_time, now).view([row]))
+        return incident_item(row, rules, causes)
 
     return router

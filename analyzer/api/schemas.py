@@ -40,13 +40,23 @@ class IncidentKeyOut(BaseModel):
     pods: list[str] = Field(description="pods seen in the evidence (bounded)")
 
 
+class AffectedOut(BaseModel):
+    """What a root's symptoms cover."""
+
+    incidents: int = Field(description="symptom incidents grouped under this root")
+    workloads: int = Field(description="distinct namespace/workload pairs among them")
+    pods: int = Field(description="distinct pods among them (at least: an incident keeps a bounded pod list)")
+
+
 class IncidentItem(BaseModel):
     id: str
     rule: str
     title: str = Field(description="the rule's title in the running catalogue; the rule id if it is gone")
     category: Category
     severity: Severity
-    status: Status = Field(description="derived at the service's stream time")
+    status: Status = Field(
+        description="derived at the service's stream time; a root cause is open while any of its symptoms is"
+    )
     key: IncidentKeyOut
     first_seen: datetime
     last_seen: datetime
@@ -56,6 +66,14 @@ class IncidentItem(BaseModel):
     acked_at: datetime | None = None
     ack_comment: str | None = Field(default=None, description="the comment given with the ack")
     silenced: bool = Field(description="an unexpired silence matches; silenced incidents are still counted")
+    caused_by: str | None = Field(
+        default=None,
+        description="the root cause's incident id when this incident is a symptom of another (derived at read "
+        "time from the catalogue's causes), else null",
+    )
+    affected: AffectedOut | None = Field(
+        default=None, description="on a root cause: what its symptoms cover; null on any other incident"
+    )
 
 
 class IncidentPageOut(BaseModel):
@@ -78,6 +96,11 @@ class IncidentDetail(IncidentItem):
     commands: list[str] = Field(description="kubectl / istioctl commands to look further, shell-quoted")
     transient_seconds: float | None
     resolve_after_seconds: float
+    symptoms: list[IncidentItem] = Field(
+        default_factory=list,
+        description="on a root cause: the incidents it explains, earliest first (at most 1000; `affected` counts "
+        "them all)",
+    )
 
 
 class AckRequest(BaseModel):
@@ -167,6 +190,13 @@ class RuleSummary(BaseModel):
     source: str = Field(description="the catalogue file it came from")
 
 
+class CausesOut(BaseModel):
+    categories: list[Category]
+    rules: list[str]
+    scope: str = Field(description="mesh (the cluster), namespace or workload")
+    slack_seconds: float
+
+
 class RuleDetail(RuleSummary):
     expressions: list[ExpressionOut]
     exclude: list[ExpressionOut] = Field(description="checked on a line after a match: benign look-alikes")
@@ -174,6 +204,9 @@ class RuleDetail(RuleSummary):
     remediation: dict[str, str] = Field(description="language tag -> text")
     references: list[str]
     examples: ExamplesOut
+    causes: CausesOut | None = Field(
+        default=None, description="what this rule's incidents explain: their symptoms are grouped under them"
+    )
 
 
 class RuleList(BaseModel):

@@ -9,6 +9,8 @@ from analyzer import unclassified
 from analyzer.api.commands import look_further
 from analyzer.api.params import to_datetime
 from analyzer.api.schemas import (
+    AffectedOut,
+    CausesOut,
     EvidenceOut,
     ExamplesOut,
     ExpressionOut,
@@ -21,7 +23,10 @@ from analyzer.api.schemas import (
     SilenceOut,
 )
 from analyzer.store import IncidentRow, Silence
+from analyzer.store.causes import CauseView
 from analyzer.types import Category, Evidence, Rule, Severity
+
+MAX_SYMPTOMS = 1000  # symptoms listed on a root's detail, earliest first
 
 
 def _rule_of(row: IncidentRow, rules: Mapping[str, Rule]) -> Rule | None:
@@ -38,15 +43,20 @@ def _title(row: IncidentRow, rule: Rule | None) -> str:
     return unclassified.title_from_id(row.rule_id)  # the id itself for anything else
 
 
-def incident_item(row: IncidentRow, rules: Mapping[str, Rule]) -> IncidentItem:
+def incident_item(row: IncidentRow, rules: Mapping[str, Rule], causes: CauseView | None = None) -> IncidentItem:
+    """The row as listed; with ``causes``, its caused_by, and a root's affected and group status."""
     rule = _rule_of(row, rules)
+    affected = None
+    if causes is not None and causes.is_root(row.id):
+        a = causes.affected(row.id)
+        affected = AffectedOut(incidents=a.incidents, workloads=a.workloads, pods=a.pods)
     return IncidentItem(
         id=row.id,
         rule=row.rule_id,
         title=_title(row, rule),
         category=Category(row.category),
         severity=Severity(row.severity),
-        status=row.status,
+        status=row.status if causes is None else causes.status(row),
         key=IncidentKeyOut(
             cluster=row.key.cluster, namespace=row.key.namespace, workload=row.key.workload, pods=list(row.pods)
         ),
@@ -58,6 +68,8 @@ def incident_item(row: IncidentRow, rules: Mapping[str, Rule]) -> IncidentItem:
         acked_at=None if row.acked_at is None else to_datetime(row.acked_at),
         ack_comment=row.ack_comment,
         silenced=row.silenced,
+        caused_by=None if causes is None else causes.caused_by(row.id),
+        affected=affected,
     )
 
 
@@ -67,11 +79,16 @@ def evidence_of(row: IncidentRow) -> list[Evidence]:
     return sorted(unique, key=lambda e: (e.time, e.line))
 
 
-def incident_detail(row: IncidentRow, rules: Mapping[str, Rule], language: str) -> IncidentDetail:
+def incident_detail(
+    row: IncidentRow, rules: Mapping[str, Rule], language: str, causes: CauseView | None = None
+) -> IncidentDetail:
     rule = _rule_of(row, rules)
     evidence = evidence_of(row)
+    listed = [] if causes is None else causes.symptoms(row.id)[:MAX_SYMPTOMS]  # affected counts them all
+    symptoms = [incident_item(s, rules, causes) for s in listed]
     return IncidentDetail(
-        **incident_item(row, rules).model_dump(),
+        **incident_item(row, rules, causes).model_dump(),
+        symptoms=symptoms,
         evidence=[
             EvidenceOut(time=to_datetime(e.time), pod=e.pod, container=e.container, line=e.line) for e in evidence
         ],
@@ -106,6 +123,14 @@ def rule_detail(rule: Rule) -> RuleDetail:
         remediation=dict(rule.remediation),
         references=list(rule.references),
         examples=ExamplesOut(match=list(rule.examples_match), no_match=list(rule.examples_no_match)),
+        causes=None
+        if rule.causes is None
+        else CausesOut(
+            categories=list(rule.causes.categories),
+            rules=list(rule.causes.rules),
+            scope=rule.causes.scope.value,
+            slack_seconds=rule.causes.slack,
+        ),
     )
 
 

@@ -38,6 +38,7 @@ class IncidentQuery:
     category: str | None = None
     severity: str | None = None
     rule: str | None = None
+    rules: tuple[str, ...] = ()  # incidents of any of these rules (the read path's cause incidents)
     cluster: str | None = None
     namespace: str | None = None
     workload: str | None = None

@@ -520,6 +520,12 @@ def list_query(d: Dialect, q: IncidentQuery) -> tuple[str, Params]:
         if value is not None:
             params[column] = storable(value)
             where.append(f"{column} = {p(column)}")
+    if q.rules:
+        names = []
+        for i, rule_id in enumerate(dict.fromkeys(q.rules)):
+            params[f"rule{i}"] = storable(rule_id)
+            names.append(p(f"rule{i}"))
+        where.append(f"rule_id IN ({', '.join(names)})")
     if q.pod is not None:
         params["pod"] = d.pods_param(storable(q.pod))
         where.append(d.pods_contain("pod"))

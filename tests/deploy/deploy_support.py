@@ -28,6 +28,7 @@ METRICS: dict[str, str] = {
     "analyzer_records_rejected_total": "counter",
     "analyzer_rule_matches_total": "counter",
     "analyzer_incidents": "gauge",
+    "analyzer_open_roots": "gauge",
     "analyzer_transients_suppressed_total": "counter",
     "analyzer_batch_duration_seconds": "histogram",
     "analyzer_consumer_lag_records": "gauge",

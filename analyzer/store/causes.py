@@ -1,0 +1,159 @@
+"""Reads what the cause grouping (analyzer/causes.py) needs, for the incidents a reader is about to show.
+
+Grouping is derived at read time, never stored. To say whether an incident is a symptom, only the incidents of
+rules that declare causes are needed (a direct cause, and every cause above it, is one of those); to say what a
+root affects, the incidents of its cluster that start inside the windows of the causes under it. Both are read
+through the store's ordinary list query, so one code path serves SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from analyzer.causes import NOTHING, Affected, Grouping, Span, cause_rules, group, group_status
+from analyzer.store.base import MAX_LIMIT, IncidentQuery, IncidentRow, Store
+from analyzer.types import Causes, Rule, Severity, Status
+
+_SEVERITY_RANK = {s.value: rank for rank, s in enumerate(Severity)}  # critical first
+# Bounds what one read may load beside the incidents it shows: past it, `affected` counts what was read.
+MAX_PAGES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class CauseView:
+    """The grouping of the incidents read, and those incidents, to annotate rows with."""
+
+    grouping: Grouping
+    rows: Mapping[str, IncidentRow]
+
+    def caused_by(self, incident_id: str) -> str | None:
+        return self.grouping.caused_by(incident_id)
+
+    def is_root(self, incident_id: str) -> bool:
+        return incident_id in self.grouping.symptoms
+
+    def affected(self, incident_id: str) -> Affected:
+        return self.grouping.affected_of(incident_id)
+
+    def symptoms(self, root_id: str) -> list[IncidentRow]:
+        return [self.rows[s] for s in self.grouping.symptoms.get(root_id, ()) if s in self.rows]
+
+    def status(self, row: IncidentRow) -> Status:
+        """The row's status; a root's is open while any of its symptoms is (analyzer.causes.group_status)."""
+        if row.id not in self.grouping.symptoms:
+            return row.status
+        return group_status(row.status, (s.status for s in self.symptoms(row.id)))
+
+
+EMPTY = Grouping({}, {}, {}, {})
+
+
+def _spans(rows: Iterable[IncidentRow]) -> list[Span]:
+    return [Span(r.id, r.rule_id, r.key, r.first_seen, r.last_seen, r.pods) for r in rows]
+
+
+async def _read_all(store: Store, query: IncidentQuery) -> list[IncidentRow]:
+    out: list[IncidentRow] = []
+    cursor: str | None = None
+    for _ in range(MAX_PAGES):
+        page = await store.list_incidents(replace(query, limit=MAX_LIMIT, cursor=cursor))
+        out.extend(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return out
+
+
+class CauseReader:
+    """One read's view of the grouping: the cause incidents are read once, then each batch of rows to show is
+    grouped against them (and, for its roots, against the incidents inside their windows)."""
+
+    def __init__(self, store: Store, rules: Mapping[str, Rule], stream_time: float, now: float | None = None) -> None:
+        self.store = store
+        self.rules = rules
+        self.stream_time = stream_time
+        self.now = now
+        self._causes: list[IncidentRow] | None = None
+
+    async def cause_rows(self) -> list[IncidentRow]:
+        """Every incident of a rule that declares causes (what any caused_by can point at)."""
+        if self._causes is None:
+            names = cause_rules(self.rules)
+            query = IncidentQuery(rules=tuple(names), stream_time=self.stream_time, now=self.now)
+            self._causes = await _read_all(self.store, query) if names else []
+        return self._causes
+
+    async def view(self, focus: Sequence[IncidentRow], *, affected: bool = True) -> CauseView:
+        """The grouping as it concerns ``focus``: each one's caused_by, and (``affected``) the symptoms of
+        those that are roots."""
+        rows: dict[str, IncidentRow] = {r.id: r for r in focus}
+        causes = await self.cause_rows()
+        if not causes:
+            return CauseView(EMPTY, rows)
+        for row in causes:
+            rows.setdefault(row.id, row)
+        grouping = group(_spans(rows.values()), self.rules)
+        if not affected:
+            return CauseView(grouping, rows)
+        # The roots among ``focus`` that can have symptoms, and every cause incident under them: their windows.
+        roots = {r.id for r in focus if r.id not in grouping.root and _causes(self.rules, r) is not None}
+        windows: dict[str, tuple[float, float]] = {}
+        for row in causes:
+            spec = _causes(self.rules, row)
+            if spec is None or grouping.root.get(row.id, row.id) not in roots:
+                continue
+            lo, hi = row.first_seen - spec.slack, row.last_seen + spec.slack
+            known = windows.get(row.key.cluster)
+            windows[row.key.cluster] = (lo, hi) if known is None else (min(lo, known[0]), max(hi, known[1]))
+        for cluster, (lo, hi) in sorted(windows.items()):
+            query = IncidentQuery(cluster=cluster, since=lo, until=hi, stream_time=self.stream_time, now=self.now)
+            for row in await _read_all(self.store, query):
+                rows.setdefault(row.id, row)
+        if windows:
+            grouping = group(_spans(rows.values()), self.rules)
+        return CauseView(grouping, rows)
+
+
+async def cause_view(
+    store: Store,
+    rules: Mapping[str, Rule],
+    focus: Sequence[IncidentRow],
+    stream_time: float,
+    now: float | None = None,
+    *,
+    affected: bool = True,
+) -> CauseView:
+    """One-off: ``CauseReader(...).view(focus)``."""
+    return await CauseReader(store, rules, stream_time, now).view(focus, affected=affected)
+
+
+async def open_roots(store: Store, rules: Mapping[str, Rule], stream_time: float) -> list[tuple[str, str, int]]:
+    """(category, severity, count) of the open groups by their root: each open incident stands for its root
+    (itself when it is no symptom), so a root counts once, open through itself or any of its symptoms, and a
+    grouped symptom never counts on its own. The category is the root's; the severity the most severe of the
+    root and its open symptoms. What analyzer_open_roots exports and MeshIncidentOpen alerts on."""
+    reader = CauseReader(store, rules, stream_time)
+    open_rows = await _read_all(store, IncidentQuery(statuses=(Status.OPEN,), stream_time=stream_time))
+    causes = await reader.view(open_rows, affected=False)
+    # A group is as severe as its most severe open member: a high symptom under a medium root still pages.
+    severity: dict[str, str] = {}
+    for row in open_rows:
+        root = causes.caused_by(row.id) or row.id
+        root_row = causes.rows.get(root)
+        own = severity.get(root, root_row.severity if root_row is not None else row.severity)
+        severity[root] = min(own, row.severity, key=_SEVERITY_RANK.__getitem__)
+    counts: dict[tuple[str, str], int] = {}
+    for root, worst in severity.items():
+        root_row = causes.rows.get(root)
+        if root_row is not None:
+            counts[(root_row.category, worst)] = counts.get((root_row.category, worst), 0) + 1
+    return [(category, sev, n) for (category, sev), n in sorted(counts.items())]
+
+
+def _causes(rules: Mapping[str, Rule], row: IncidentRow) -> Causes | None:
+    rule = rules.get(row.rule_id)
+    return None if rule is None else rule.causes
+
+
+__all__ = ["NOTHING", "CauseReader", "CauseView", "cause_view", "open_roots"]
