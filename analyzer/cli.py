@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
+    from analyzer.client import Client
     from analyzer.match import CompiledCatalogue
     from analyzer.offline import Incident
     from analyzer.types import Catalogue
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument("--format", choices=FORMATS, default="auto", help="record envelope (default: per record)")
     draft.add_argument("--container", default=None, help="container to assume for records that carry none")
     _patterns_arg(draft)
+    _incidents_parser(commands)
     return parser
 
 
@@ -408,6 +410,8 @@ def _iso(ts: float) -> str:
 
 
 def _incident_json(incident: Incident) -> dict[str, Any]:
+    import dataclasses
+
     i, rule = incident.interval, incident.rule
     return {
         "id": incident.id,
@@ -426,6 +430,9 @@ def _incident_json(incident: Incident) -> dict[str, Any]:
         "remediation": rule.remediation.get("en", ""),
         "references": list(rule.references),
         **({"note": incident.note} if incident.note else {}),
+        "caused_by": incident.caused_by,
+        **({"affected": dataclasses.asdict(incident.affected)} if incident.affected else {}),
+        **({"symptoms": [s.id for s in incident.symptoms]} if incident.symptoms else {}),
     }
 
 
@@ -456,7 +463,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _scan_table(found: list[Incident], lines: int, out: IO[str], *, summary: bool = True) -> None:
+def _scan_table(
+    found: list[Incident],
+    lines: int,
+    out: IO[str],
+    *,
+    summary: bool = True,
+    extra: Callable[[Incident], Sequence[str]] | None = None,
+) -> None:
+    """The incident blocks of `scan` (and of `incidents`, whose ``extra`` adds each one's id and state)."""
     import shutil
     import textwrap
 
@@ -470,12 +485,19 @@ def _scan_table(found: list[Incident], lines: int, out: IO[str], *, summary: boo
     if summary:
         text = ", ".join(f"{n} {status}" for status, n in counts.items())
         print(f"{len(found)} incidents in {lines} lines: {text}\n", file=out)
+    from analyzer.offline import symptom_lines
+
+    listed = {incident.id for incident in found}
     for incident in found:
+        if incident.caused_by in listed:  # shown under its root cause
+            continue
         i, rule = incident.interval, incident.rule
         print(
             f"{incident.status.value.upper():<10} {rule.severity.value:<8} {rule.id}  [{rule.category.value}]", file=out
         )
         print(f"  {rule.title}", file=out)
+        for line in extra(incident) if extra is not None else ():
+            print(f"  {line}", file=out)
         where = f"cluster={i.key.cluster} namespace={i.key.namespace} workload={i.key.workload}"
         if i.pods:
             where += f" pods={','.join(i.pods[:5])}" + (" …" if len(i.pods) > 5 else "")
@@ -496,7 +518,242 @@ def _scan_table(found: list[Incident], lines: int, out: IO[str], *, summary: boo
             rule.remediation.get("en", ""), width=width, initial_indent="  fix:      ", subsequent_indent=" " * 12
         )
         print(fix, file=out)
+        for line in symptom_lines(incident):
+            print(line, file=out)
         print(file=out)
+
+
+# -- incidents (a running service's, over its HTTP API) ------------------------------------------------------
+
+
+def _incidents_parser(commands: Any) -> None:
+    from analyzer.types import Category, Severity, Status
+
+    incidents = commands.add_parser(
+        "incidents", help="list, show, acknowledge or silence the incidents of a running service (its HTTP API)"
+    )
+    actions = incidents.add_subparsers(dest="action", required=True, parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--server", metavar="URL", help="the service's URL (default: $ANALYZER_URL, else localhost:8080)"
+        )
+        p.add_argument("--output", choices=("table", "json"), default="table")
+
+    listing = actions.add_parser("list", help="incidents, newest first; the same table as `scan`")
+    common(listing)
+    listing.add_argument("--status", action="append", choices=[s.value for s in Status], help="repeatable")
+    listing.add_argument("--category", choices=[c.value for c in Category])
+    listing.add_argument("--severity", choices=[s.value for s in Severity])
+    for name in ("rule", "cluster", "namespace", "workload"):
+        listing.add_argument(f"--{name}")
+    listing.add_argument("--pod", help="incidents whose pods include it")
+    listing.add_argument("--since", metavar="TIME", help="last seen at or after (RFC 3339 or epoch seconds)")
+    listing.add_argument("--until", metavar="TIME", help="first seen at or before (RFC 3339 or epoch seconds)")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50; watched, with --watch)")
+    listing.add_argument(
+        "--view",
+        choices=("all", "roots"),
+        default="all",
+        help="roots: one incident per cause (root causes with what they affect, and standalone incidents; the "
+        "table shows a root's symptoms under it); all (default): every incident, each symptom with its root",
+    )
+    listing.add_argument("--lang", help="remediation language (en, pt-BR)")
+    listing.add_argument(
+        "--watch", action="store_true", help="follow the changes (the current incidents first), one line each"
+    )
+
+    show = actions.add_parser("show", help="one incident: evidence, remediation, commands to look further")
+    common(show)
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--lang", help="remediation language (en, pt-BR)")
+
+    ack = actions.add_parser("ack", help="acknowledge an incident (needs $ANALYZER_API_TOKEN)")
+    common(ack)
+    ack.add_argument("id", metavar="ID")
+    ack.add_argument("--comment", help="kept with the ack")
+    ack.add_argument("--by", help="who acknowledges (default: $USER)")
+
+    silence = actions.add_parser(
+        "silence", help="silence an incident's rule and key, or any matchers, for a while (needs $ANALYZER_API_TOKEN)"
+    )
+    common(silence)
+    silence.add_argument("id", metavar="ID", nargs="?", help="silence what this incident is: its rule and key")
+    for name in ("rule", "cluster", "namespace", "workload"):
+        silence.add_argument(f"--{name}", help="matcher (instead of ID)")
+    until = silence.add_mutually_exclusive_group(required=True)
+    until.add_argument("--duration", help="e.g. 30m, 2h, 7d")
+    until.add_argument("--expires-at", metavar="TIME", help="RFC 3339 or epoch seconds")
+    silence.add_argument("--comment", default="", help="why")
+    silence.add_argument("--by", help="who silences (default: $USER)")
+
+
+_MATCHERS = ("rule", "cluster", "namespace", "workload")
+
+
+def _incidents(args: argparse.Namespace, out: IO[str]) -> int:
+    from analyzer.client import UNREACHABLE, Client, ClientError, Tokens, server_url
+
+    try:
+        client = Client(server_url(args.server), Tokens.from_env())
+        action = {"list": _incidents_list, "show": _incidents_show, "ack": _incidents_ack}.get(args.action)
+        return (action or _incidents_silence)(client, args, out)
+    except ClientError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (KeyError, TypeError, AttributeError) as exc:  # an answer without a field this CLI reads
+        print(f"{PROG}: error: unexpected answer from the analyzer ({exc!r}): a version mismatch?", file=sys.stderr)
+        return UNREACHABLE
+
+
+def _list_params(args: argparse.Namespace) -> list[tuple[str, str]]:
+    params = [("status", status) for status in args.status or ()]
+    for name in ("category", "severity", *_MATCHERS, "pod", "since", "until"):
+        value = getattr(args, name)
+        if value is not None:
+            params.append((name, value))
+    return params
+
+
+def _dump(value: object, out: IO[str]) -> None:
+    import json
+
+    json.dump(value, out, indent=2, ensure_ascii=False)
+    out.write("\n")
+
+
+def _incidents_list(client: Client, args: argparse.Namespace, out: IO[str]) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from analyzer.client import ClientError, as_incident, state_lines
+
+    if args.limit < 1:
+        raise ClientError("--limit must be at least 1")
+    if args.watch:
+        return _incidents_watch(client, args, out)
+    items = client.incidents([*_list_params(args), ("view", args.view)], args.limit)
+    if args.output == "json":
+        _dump(items, out)
+        return 0
+    if not items:
+        print(f"no incidents match at {client.base}", file=out)
+        return 0
+    # The table shows evidence and remediation, which only the detail has: a few requests at a time.
+    with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+        details = list(pool.map(lambda item: client.incident(item["id"], args.lang), items))
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    more = " (the newest; --limit for more)" if len(items) == args.limit else ""
+    text = ", ".join(f"{n} {status}" for status, n in counts.items())
+    listed = {item["id"] for item in items}
+    grouped = sum(1 for item in items if item.get("caused_by") in listed)
+    if grouped:
+        text += f"; {grouped} of them shown under their root cause"
+    print(f"{len(items)} incidents{more}: {text}\n", file=out)
+    state = {d["id"]: state_lines(d) for d in details}
+    _scan_table([as_incident(d) for d in details], 0, out, summary=False, extra=lambda i: state[i.id])
+    return 0
+
+
+def _incidents_show(client: Client, args: argparse.Namespace, out: IO[str]) -> int:
+    import io
+
+    from analyzer.client import as_incident, item_line, state_lines
+
+    detail = client.incident(args.id, args.lang)
+    if args.output == "json":
+        _dump(detail, out)
+        return 0
+    block = io.StringIO()
+    # A root's symptoms are listed below with their ids (to show or ack them), not in the block.
+    _scan_table([as_incident(detail, symptoms=False)], 0, block, summary=False, extra=lambda _: state_lines(detail))
+    out.write(block.getvalue().rstrip("\n") + "\n")
+    if detail.get("commands"):
+        print("  look:", file=out)
+        for command in detail["commands"]:
+            print(f"    {command}", file=out)
+    if detail.get("symptoms"):
+        a = detail.get("affected") or {}
+        print(
+            f"  symptoms: {len(detail['symptoms'])} incident(s) caused by this, {a.get('workloads')} workload(s), "
+            f"{a.get('pods')} pod(s) affected; earliest first:",
+            file=out,
+        )
+        for symptom in detail["symptoms"]:
+            print(f"    {item_line(symptom)}", file=out)
+    return 0
+
+
+def _who(given: str | None) -> str | None:
+    import os
+
+    return given or os.environ.get("USER") or os.environ.get("LOGNAME") or None
+
+
+def _incidents_ack(client: Client, args: argparse.Namespace, out: IO[str]) -> int:
+    item = client.ack(args.id, _who(args.by), args.comment)
+    if args.output == "json":
+        _dump(item, out)
+        return 0
+    key = item["key"]
+    print(
+        f"acknowledged {item['id']} ({item['rule']}, {key['cluster']}/{key['namespace']}/{key['workload']}) "
+        f"by {item.get('acked_by')}",
+        file=out,
+    )
+    return 0
+
+
+def _incidents_silence(client: Client, args: argparse.Namespace, out: IO[str]) -> int:
+    from analyzer.client import ClientError
+
+    given = {name: getattr(args, name) for name in _MATCHERS if getattr(args, name) is not None}
+    if args.id is not None:
+        if given:
+            raise ClientError("give an incident ID or matchers (--rule/--cluster/--namespace/--workload), not both")
+        detail = client.incident(args.id)
+        given = {"rule": detail["rule"], **{name: detail["key"][name] for name in _MATCHERS[1:]}}
+    elif not given:
+        raise ClientError("say what to silence: an incident ID, or --rule/--cluster/--namespace/--workload")
+    body: dict[str, object] = {**given, "comment": args.comment}
+    body.update({"duration": args.duration} if args.duration else {"expires_at": args.expires_at})
+    if (by := _who(args.by)) is not None:
+        body["by"] = by
+    made = client.silence(body)
+    if args.output == "json":
+        _dump(made, out)
+        return 0
+    matchers = " ".join(f"{name}={made[name]}" for name in _MATCHERS if made.get(name) is not None)
+    print(f"silenced {matchers} until {made['expires_at']} (silence {made['id']}, by {made['created_by']})", file=out)
+    return 0
+
+
+def _incidents_watch(client: Client, args: argparse.Namespace, out: IO[str]) -> int:
+    import json
+
+    from analyzer.client import Event, RootsOnly, event_line, watch
+
+    roots = RootsOnly() if args.view == "roots" else None
+
+    def on_event(event: Event) -> None:
+        if roots is not None and not roots.admits(event):
+            return
+        if args.output == "json":
+            try:
+                data = json.loads(event.data)
+            except ValueError:
+                data = event.data
+            line = json.dumps({"event": event.event, "id": event.id, "data": data}, ensure_ascii=False)
+        else:
+            line = event_line(event)
+        print(line, file=out, flush=True)  # a pipe reader sees each event as it comes
+
+    def note(text: str) -> None:
+        print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+    watch(client, [*_list_params(args), ("limit", str(min(args.limit, 500)))], on_event, note)
+    return 0
 
 
 # -- entry -------------------------------------------------------------------------------------------------
@@ -522,6 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "list": _rules_list,
         "export": _rules_export,
         "draft": _rules_draft,
+        "incidents": _incidents,
     }
     handler = handlers[args.verb if args.command == "rules" else args.command]
     try:

@@ -12,6 +12,8 @@ import yaml
 
 from tests.deploy.deploy_support import GRAFANA, METRICS, dashboard_exprs, metric_names, promtool, run
 
+INFINITY = "yesoreyeram-infinity-datasource"
+
 # Grafana's built-in and dashboard variables, replaced by representative values for offline parsing.
 GRAFANA_VARIABLES = {
     "$__rate_interval": "5m",
@@ -36,6 +38,10 @@ def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _infinity_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in _panels(dashboard) if p.get("datasource", {}).get("type") == INFINITY]
+
+
 def _offline(expr: str) -> str:
     for variable, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(variable, value)
@@ -56,15 +62,21 @@ def test_dashboard_structure(dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+    assert variables["infinity"]["type"] == "datasource"
+    assert variables["infinity"]["query"] == INFINITY
+    assert variables["analyzer_url"]["type"] == "textbox" and variables["analyzer_url"]["query"].startswith("http")
     ids = [p["id"] for p in _panels(dashboard)]
     assert len(ids) == len(set(ids)), "duplicate panel ids"
     for panel in _panels(dashboard):
         if panel["type"] == "row":
             continue
-        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        uid = "${infinity}" if panel in _infinity_panels(dashboard) else "${datasource}"
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+        if uid == "${datasource}":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert target["datasource"] == panel["datasource"], panel["title"]
         refs = [t["refId"] for t in panel["targets"]]
         assert len(refs) == len(set(refs)), panel["title"]
 
@@ -133,3 +145,62 @@ def test_variable_queries_use_exported_metrics(dashboard: dict[str, Any]) -> Non
         assert match, variable["query"]
         assert match.group(1) in METRICS
         assert variable["datasource"]["uid"] == "${datasource}"
+
+
+# -- the incidents table (Infinity data source over the analyzer's API) ---------------------------------------
+
+# What a person needs of each open problem, by the API field the column reads.
+TABLE_FIELDS = {
+    "rule": "rule",
+    "title": "title",
+    "severity": "severity",
+    "where": ("key.cluster", "key.namespace", "key.workload"),
+    "since": "first_seen",
+    "affected workloads": "affected.workloads",
+    "link": "id",
+}
+# gjson (Infinity's backend parser), JSONata and lodash (its frontend parser) read a plain dotted path alike.
+PLAIN_PATH = re.compile(r"[a-z_]+(?:\.[a-z_]+)*")
+
+
+def _incidents_target(dashboard: dict[str, Any]) -> dict[str, Any]:
+    (panel,) = _infinity_panels(dashboard)
+    (target,) = panel["targets"]
+    return dict(target)
+
+
+def test_incidents_table_reads_open_roots_from_the_api(dashboard: dict[str, Any]) -> None:
+    (panel,) = _infinity_panels(dashboard)
+    assert panel["type"] == "table"
+    target = _incidents_target(dashboard)
+    # The backend parser: also what alerting, shared dashboards and query caching need.
+    assert (target["type"], target["source"], target["parser"], target["format"]) == ("json", "url", "backend", "table")
+    assert target["url"] == "${analyzer_url}/v1/incidents"
+    params = {p["key"]: p["value"] for p in target["url_options"]["params"]}
+    assert target["url_options"]["method"] == "GET"
+    assert params == {"status": "open", "view": "roots", "limit": "500"}
+    selectors = {c["selector"] for c in target["columns"]}
+    for need, fields in TABLE_FIELDS.items():
+        wanted = {fields} if isinstance(fields, str) else set(fields)
+        assert wanted <= selectors, f"no column for {need}"
+    for column in target["columns"]:
+        assert PLAIN_PATH.fullmatch(column["selector"]), column
+        assert column["type"] in ("string", "number", "timestamp"), column
+        assert column["text"], column
+    assert PLAIN_PATH.fullmatch(target["root_selector"])
+    links = [
+        link["url"]
+        for override in panel["fieldConfig"]["overrides"]
+        for prop in override["properties"]
+        if prop["id"] == "links"
+        for link in prop["value"]
+    ]
+    assert links and all(link.startswith("${analyzer_url}/v1/incidents/") for link in links)
+
+
+def test_the_infinity_provisioning_allows_the_dashboards_api_url(dashboard: dict[str, Any]) -> None:
+    doc = yaml.safe_load((GRAFANA / "infinity-datasource.yaml").read_text(encoding="utf-8"))
+    (source,) = doc["datasources"]
+    assert source["type"] == INFINITY
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["analyzer_url"]["query"] in source["jsonData"]["allowedHosts"]
