@@ -2,29 +2,38 @@
 namespaces log not-ready, xDS stream-closed and 503 UH lines -> one open root cause with 50 affected pods, the
 proxy incidents linked under it; the same proxy lines with a healthy istiod -> standalone incidents.
 
-The real path without Kafka: Fluent Bit records through the service's own Pipeline (the shipped catalogue),
-committed batch by batch into the service's SQLite store, read back through the API over HTTP.
+Twice: through the service's own Pipeline (the shipped catalogue) committed batch by batch into its SQLite
+store and read back through the API in process; and the whole way, produced with librdkafka to the real broker
+and consumed by `mesh-analyzer serve`, read over HTTP.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from analyzer.broker import LocalBroker
 from analyzer.types import Changes
 from analyzer.unclassified import with_rules
 from tests.api.support import GROUP, Harness, make_settings, running
 from tests.integration.support import (
+    Message,
     Pod,
+    Services,
+    StoreView,
     apiserver_error,
     app_pod,
+    create_topic,
     fluent_bit_record,
     iso_micro,
     iso_millis,
     istiod_pod,
+    produce,
+    wait_consumed,
 )
 
 T0 = 1_700_000_000.0
@@ -59,15 +68,15 @@ def no_healthy_upstream(t: float, pod: Pod) -> str:
     )
 
 
-def records(istiod_down: bool) -> list[tuple[float, bytes]]:
+def records(istiod_down: bool, t0: float = T0) -> list[tuple[float, bytes]]:
     out: list[tuple[float, bytes]] = []
     if istiod_down:  # 0..240 s: four minutes of refused API-server connections
         out += [
-            (T0 + k, fluent_bit_record(ISTIOD, "discovery", apiserver_error(T0 + k), T0 + k)) for k in range(0, 241, 5)
+            (t0 + k, fluent_bit_record(ISTIOD, "discovery", apiserver_error(t0 + k), t0 + k)) for k in range(0, 241, 5)
         ]
     for pod in PROXIES:  # 30..270 s: every proxy, each kind of line every 30 s
         for k in range(30, 271, 30):
-            t = T0 + k
+            t = t0 + k
             out.append((t, fluent_bit_record(pod, "istio-proxy", not_ready(t), t)))
             out.append((t + 1, fluent_bit_record(pod, "istio-proxy", stream_closed(t + 1), t + 1)))
             out.append((t + 2, fluent_bit_record(pod, "istio-proxy", no_healthy_upstream(t + 2, pod), t + 2)))
@@ -144,3 +153,30 @@ async def test_the_same_proxy_lines_with_a_healthy_istiod_stand_alone(api: Harne
     assert len(await listed(api, view="roots")) == 75
     open_now = await listed(api, view="roots", status="open")
     assert open_now and {i["rule"] for i in open_now} <= {i["rule"] for i in everything}
+
+
+@pytest.mark.integration
+def test_the_scenario_through_the_broker_and_serve(
+    broker: LocalBroker,
+    services: Services,
+    open_view: Callable[[str], StoreView],
+    sqlite_url: str,
+    group: str,
+) -> None:
+    t0 = float(int(time.time()) - 300)  # recent: the proxies' lines are still inside their windows when read
+    messages = [Message(value, key=b"k%d" % (i % 7)) for i, (_, value) in enumerate(records(True, t0))]
+    topic = create_topic(broker.bootstrap, partitions=3, prefix="causes")
+    produced = produce(broker.bootstrap, topic, messages, codec="lz4")
+    service = services.spawn(
+        bootstrap=broker.bootstrap, topics=[topic], group=group, store_url=sqlite_url, cluster="prod"
+    )
+    wait_consumed(open_view(sqlite_url), group, topic, produced.ends, [service])
+
+    response = service.get("/v1/incidents?view=roots&status=open&limit=100", 10.0)
+    assert response is not None and response.status_code == 200, response
+    roots = response.json()["items"]
+    assert [(r["rule"], r["key"]["namespace"]) for r in roots] == [("istiod-apiserver-unreachable", "istio-system")]
+    assert roots[0]["affected"] == {"incidents": 75, "workloads": 25, "pods": 50}
+    detail = service.get(f"/v1/incidents/{roots[0]['id']}", 10.0)
+    assert detail is not None and len(detail.json()["symptoms"]) == 75
+    assert service.alive()
