@@ -223,20 +223,20 @@ def _wanted(rule_id: str, wanted: str) -> bool:
 
 
 def _draft_from_files(args: argparse.Namespace, wanted: str) -> tuple[str | None, list[str], int]:
+    """The template's evidence and line count, as `scan` finds them in the files (the service's lane)."""
+    from analyzer.decode import Format
     from analyzer.lines import iter_blocks, open_input
-    from analyzer.offline import Metadata
-    from analyzer.unclassified import OfflineLane
+    from analyzer.offline import Metadata, scan
 
-    _, compiled = _load(args.patterns, signals=True)
-    streams = [open_input(name) for name in args.files or ["-"]]
-    lane = OfflineLane(compiled.db, apply=Metadata(container=args.container).apply, fmt=args.format, keep_evidence=5)
-    for stream in streams:
-        for block in iter_blocks(stream):
-            lane.feed(block)
-    for rule_id, lines in lane.examples.items():
-        if _wanted(rule_id, wanted):
-            count = sum(i.count for i, rule in lane.intervals() if rule.id == rule_id)
-            return rule_id, lines, count
+    catalogue, compiled = _load(args.patterns, signals=True)
+    blocks = (block for name in args.files or ["-"] for block in iter_blocks(open_input(name)))
+    result = scan(catalogue, compiled, blocks, fmt=Format(args.format), metadata=Metadata(container=args.container))
+    for incident in result.unclassified:
+        if _wanted(incident.rule.id, wanted):
+            rule_id = incident.rule.id
+            found = [i.interval for i in result.unclassified if i.rule.id == rule_id]
+            lines = list(dict.fromkeys(e.line for i in found for e in (*i.head, *i.tail)))
+            return rule_id, lines[:5], sum(i.count for i in found)
     return None, [], 0
 
 

@@ -22,10 +22,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
 import orjson
 
@@ -36,7 +35,6 @@ from analyzer.types import (
     Component,
     Evidence,
     IncidentKey,
-    Interval,
     LogRecord,
     Occurrence,
     Rule,
@@ -580,94 +578,6 @@ def with_rules(base: Mapping[str, Rule], extra: Mapping[str, Rule] | None) -> Ma
 
 
 # -- offline (`scan`, `rules draft`) --------------------------------------------------------------------------
-
-
-class OfflineLane:
-    """The lane over blocks of physical lines, for `rules draft` over files: ``feed`` blocks, then read the
-    templates' examples and counts. ``apply`` adds the metadata the command line assumes (``--container``)."""
-
-    def __init__(
-        self,
-        exact_db: Any,
-        *,
-        apply: Callable[[LogRecord], LogRecord] = lambda r: r,
-        fmt: str = "auto",
-        default_cluster: str = "-",
-        max_templates: int = DEFAULT_MAX_TEMPLATES,
-        keep_evidence: int = 0,
-    ) -> None:
-        from analyzer.match.levels import LevelPrefilter
-
-        self._levels = LevelPrefilter()
-        self._db = exact_db
-        self._apply = apply
-        self._fmt = fmt
-        self.registry = TemplateRegistry(max_templates)
-        self._lane = Lane(self.registry, default_cluster)
-        self._held: dict[tuple[str, IncidentKey], list[Interval]] = {}
-        self._last_time: float | None = None
-        self.lines: Counter[str] = Counter()  # component -> unclassified lines
-        self.examples: dict[str, list[str]] = {}  # rule id -> first evidence lines (``keep_evidence`` of them)
-        self._keep = keep_evidence
-
-    def feed(self, block: list[bytes]) -> None:
-        from analyzer.decode import Decoder
-        from analyzer.incidents import fold, merge, singleton
-
-        for i in self._levels(block).tolist():
-            record = Decoder(self._fmt)(block[i])
-            if not isinstance(record, LogRecord) or record.level not in LEVELS:
-                continue
-            ids: list[int] = []
-            self._db.scan(record.line, match_event_handler=_collect, context=ids)
-            if ids:
-                continue
-            record = self._apply(record)
-            when = record.time if record.time is not None else self._time_before(block, i)
-            found = self._lane(record, when)
-            if found is None:
-                continue
-            self.lines[found.template.component] += 1
-            o = found.occurrence
-            if self._keep:
-                kept = self.examples.setdefault(o.rule_id, [])
-                if len(kept) < self._keep:
-                    kept.append(o.evidence.line)
-            single = singleton(o)
-            held = self._held.setdefault((o.rule_id, o.key), [])
-            # Mostly in time order: fold as we go (memory holds intervals, not lines); fold() settles the rest.
-            last = held[-1] if held else None
-            if last and single.first_seen - last.last_seen <= RESOLVE_AFTER >= last.first_seen - single.last_seen:
-                held[-1] = merge(last, single)
-            else:
-                held.append(single)
-        for key, held in self._held.items():
-            if len(held) > 64:
-                self._held[key] = fold(held, RESOLVE_AFTER)
-
-    def _time_before(self, block: list[bytes], index: int) -> float:
-        from analyzer.decode import Decoder
-
-        for j in range(index - 1, max(-1, index - 200), -1):
-            record = Decoder(self._fmt)(block[j])
-            if isinstance(record, LogRecord) and record.time is not None:
-                self._last_time = record.time
-                return record.time
-        return self._last_time or 0.0
-
-    def intervals(self) -> list[tuple[Interval, Rule]]:
-        from analyzer.incidents import fold
-
-        out: list[tuple[Interval, Rule]] = []
-        for (rule_id, _key), held in self._held.items():
-            rule = self.registry.rules[rule_id]
-            out.extend((interval, rule) for interval in fold(held, RESOLVE_AFTER))
-        out.sort(key=lambda pair: (-pair[0].count, pair[0].rule_id, pair[0].key.namespace, pair[0].first_seen))
-        return out
-
-
-def _collect(expr_id: int, _from: int, _to: int, _flags: int, ids: list[int]) -> None:
-    ids.append(expr_id)
 
 
 # -- `rules draft`: a rule skeleton from a template ------------------------------------------------------------
