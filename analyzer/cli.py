@@ -482,12 +482,15 @@ def _scan_table(
     counts: dict[str, int] = {}
     for incident in found:
         counts[incident.status.value] = counts.get(incident.status.value, 0) + 1
+    listed = {incident.id for incident in found}
     if summary:
         text = ", ".join(f"{n} {status}" for status, n in counts.items())
-        print(f"{len(found)} incidents in {lines} lines: {text}\n", file=out)
+        grouped = sum(1 for incident in found if incident.caused_by in listed)
+        roots = len({incident.caused_by for incident in found if incident.caused_by in listed})
+        causes = f" ({grouped} symptoms shown under {roots} root cause{'s' if roots > 1 else ''})" if grouped else ""
+        print(f"{len(found)} incidents in {lines} lines{causes}: {text}\n", file=out)
     from analyzer.offline import symptom_lines
 
-    listed = {incident.id for incident in found}
     for incident in found:
         if incident.caused_by in listed:  # shown under its root cause
             continue

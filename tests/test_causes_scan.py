@@ -58,6 +58,7 @@ def test_the_table_prints_symptoms_under_their_root(tmp_path: Path) -> None:
     out = scan(str(write_log(tmp_path / "a.log", istiod_down=True)))
     blocks = [b for b in out.split("\n\n") if b.strip()]
     heads = [b.splitlines()[0] for b in blocks[1:]]
+    assert blocks[0].startswith("3 incidents in ") and "(2 symptoms shown under 1 root cause)" in blocks[0]
     assert len(heads) == 1 and heads[0].startswith("OPEN") and "istiod-apiserver-unreachable" in heads[0]
     root = blocks[1]
     assert "symptoms: 2 incident(s) caused by this, 2 workload(s), 3 pod(s) affected" in root
