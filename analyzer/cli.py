@@ -43,7 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    commands.add_parser("serve", help="consume Kafka, keep incidents, serve the HTTP API")
+    serve = commands.add_parser("serve", help="consume Kafka, keep incidents, serve the HTTP API")
+    serve.add_argument(
+        "--role",
+        choices=("all", "ingest", "api"),
+        default=None,
+        help="all: consume and serve the API (default: $ANALYZER_ROLE, else all); ingest: consume, serving only "
+        "/healthz /readyz /metrics; api: serve the API from the store without consuming",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N ingest processes in one consumer group plus an API process, under a supervisor "
+        "(default: $ANALYZER_WORKERS, else 0: one process)",
+    )
 
     scan = commands.add_parser("scan", help="incidents in log files (e.g. kubectl logs output)")
     scan.add_argument("files", nargs="*", default=["-"], metavar="FILE", help="files to read; - is stdin")
@@ -762,10 +777,11 @@ def _incidents_watch(client: Client, args: argparse.Namespace, out: IO[str]) -> 
 # -- entry -------------------------------------------------------------------------------------------------
 
 
-def _serve(_args: argparse.Namespace, _out: IO[str]) -> int:
+def _serve(args: argparse.Namespace, _out: IO[str]) -> int:
     from analyzer.service import main as serve_main
 
-    return serve_main()
+    given = {"role": args.role, "workers": args.workers}
+    return serve_main({name: value for name, value in given.items() if value is not None})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     # stream_min_interval seconds whatever its `interval` asks.
     max_streams: int = Field(default=100, ge=0, description="concurrent SSE streams; 0 refuses them all")
     stream_min_interval: float = Field(default=1.0, gt=0, le=60, description="seconds between a stream's polls")
+
+    # Processes. role: `all` consumes, writes and serves the API in one process (the default); `ingest`
+    # consumes and writes the store, serving only /healthz, /readyz and /metrics; `api` serves the HTTP API
+    # from the store without consuming. workers > 0: a supervisor runs that many `ingest` processes in one
+    # consumer group and one `api` process (README: "Scaling: workers and roles").
+    role: Literal["all", "ingest", "api"] = "all"
+    workers: int = Field(default=0, ge=0, le=64, description="ingest processes under a supervisor; 0: one process")
+    # Set by the supervisor for its children: names the process in every log line (`process` field).
+    process_name: str | None = None
 
     # `serve` without a bootstrap starts the bundled local broker; feed it the demo stream (make run).
     demo: bool = True

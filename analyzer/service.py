@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import structlog
@@ -40,6 +40,7 @@ READY_FRESH = 3.0  # a probe older than this is not trusted (the prober is stuck
 READY_INLINE = 0.8  # without a fresh probe, /readyz probes itself, never longer than this
 RETENTION_PAUSE = 0.05  # seconds between retention batches: batch writes get the store in between
 STREAM_TIME_TTL = 1.0  # seconds the API may reuse the stream time it read from the store
+TEMPLATE_REFRESH = 10.0  # seconds between the `api` role's reads of new unclassified templates
 
 
 @dataclass
@@ -148,13 +149,18 @@ class Service:
     async def ready(self) -> tuple[bool, dict[str, object]]:
         """Readiness from cached state: the background probe's answer (at most READY_FRESH old), the consumer's
         flag and the store's last write. Without a fresh probe it probes itself, bounded by READY_INLINE, so an
-        answer never takes a second, and never waits behind a batch write."""
-        consuming = bool(getattr(self.ingest, "consuming", False))
+        answer never takes a second, and never waits behind a batch write.
+
+        The `api` role consumes nothing: it is ready when the store answers."""
         probe = self._probe
         if probe is None or time.monotonic() - probe[0] > READY_FRESH:
             self.store_ok = await self.probe_store(READY_INLINE)
         else:
             self.store_ok = probe[1]
+        if self.settings.role == "api":
+            self.metrics.ready.set(1 if self.store_ok else 0)
+            return self.store_ok, {"role": "api", "store": self.store_ok}
+        consuming = bool(getattr(self.ingest, "consuming", False))
         # Reads answering is not enough: a store whose writes fail (disk full, read-only, a wedged connection)
         # holds every partition still, so it is not ready until a write succeeds again.
         write_failure = self.store.write_failure()
@@ -177,6 +183,21 @@ class Service:
         value = stored if stored is not None else self.clock.now()
         self._stream_time = (now, value)
         return value
+
+
+def health_app_for(service: Service) -> FastAPI:
+    """What the `ingest` role serves: /healthz, /readyz (the consumer's and the store's health) and /metrics."""
+    from fastapi import FastAPI
+
+    from analyzer.api import health
+    from analyzer.api.context import ApiContext
+
+    app = FastAPI(title="mesh-log-analyzer (ingest)", docs_url=None, redoc_url=None, openapi_url=None)
+    ctx = ApiContext(
+        service.settings, service.store, service.holder, service, service.registry, service.metrics, time.time, None
+    )
+    app.include_router(health.build_router(ctx))
+    return app
 
 
 def api_for(service: Service, wall: Callable[[], float] = time.time) -> FastAPI:
@@ -210,7 +231,7 @@ async def restore_templates(store: Store, templates: TemplateRegistry, stream_ti
             )
             page = await asyncio.wait_for(store.list_incidents(query), limit)
             for item in page.items:
-                if item.rule_id in seen or len(seen) >= templates.max_templates:
+                if item.rule_id in seen or item.rule_id in templates.rules or len(seen) >= templates.max_templates:
                     continue
                 seen.add(item.rule_id)
                 row = await asyncio.wait_for(store.get_incident(item.id, stream_time), limit)
@@ -249,6 +270,19 @@ async def _refresh_metrics(service: Service, stop: asyncio.Event) -> None:
             service.metrics.ready.set(0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), METRICS_REFRESH)
+
+
+async def _refresh_templates(service: Service, stop: asyncio.Event) -> None:
+    """The `api` role matches nothing: the unclassified templates the ingest processes find since are read back
+    from the store now and then, so their incidents get their titles here too (known ones are not re-read)."""
+    templates = service.holder.pipeline.unclassified
+    while templates is not None and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), TEMPLATE_REFRESH)
+        if not stop.is_set():
+            await restore_templates(
+                service.store, templates, await service.stream_time(), service.settings.store_timeout
+            )
 
 
 async def _probe_store(service: Service, stop: asyncio.Event) -> None:
@@ -302,16 +336,20 @@ async def _retention(service: Service, stop: asyncio.Event, wall: Callable[[], f
 
 
 async def run(settings: Settings) -> None:
+    """One process of the role ``settings.role``: `all` (consume + API), `ingest` (consume; health and metrics
+    only) or `api` (the HTTP API over the store; consumes nothing)."""
     from analyzer.broker import LocalBroker, ensure_topics
-    from analyzer.ingest.kafka import KafkaIngest
 
+    if settings.process_name:
+        structlog.contextvars.bind_contextvars(process=settings.process_name)
+    consumes = settings.role in ("all", "ingest")
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     holder = CatalogueHolder.load(settings, metrics)
     log.info("catalogue loaded", rules=len(holder.catalogue.rules), cached=holder.compiled.from_cache)
 
     broker: LocalBroker | None = None
-    if settings.kafka_bootstrap is None:
+    if settings.kafka_bootstrap is None and consumes:
         broker = LocalBroker().start()
         # The local broker keeps nothing across restarts: offsets stored for an earlier one mean nothing here,
         # so each start consumes as a group of its own (incidents in the store carry over and merge).
@@ -323,14 +361,13 @@ async def run(settings: Settings) -> None:
     store = open_store(settings.store_url.get_secret_value(), timeout=settings.store_timeout)
     await store.open()
     clock = StreamClock(time.time, settings.allowed_lateness)
-    stored_time = await store.stream_time(settings.kafka_group)
-    if stored_time is not None:
-        clock.observe(stored_time + settings.allowed_lateness)
+    if consumes:
+        stored_time = await store.stream_time(settings.kafka_group)
+        if stored_time is not None:
+            clock.observe(stored_time + settings.allowed_lateness)
     if holder.pipeline.unclassified is not None:
         await restore_templates(store, holder.pipeline.unclassified, clock.now(), settings.store_timeout)
     service = Service(settings, registry, metrics, store, holder, clock)
-    ingest = KafkaIngest(settings, lambda: holder.pipeline, store, metrics, clock)
-    service.ingest = ingest
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -348,30 +385,39 @@ async def run(settings: Settings) -> None:
     import uvicorn
 
     _QuietServer = _quiet_server_class()
-    app = api_for(service)
+    app = health_app_for(service) if settings.role == "ingest" else api_for(service)
     config = uvicorn.Config(
         app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, lifespan="off"
     )
     server = _QuietServer(config)
     tasks = [
-        asyncio.create_task(ingest.run(stop), name="ingest"),
         asyncio.create_task(_refresh_metrics(service, stop), name="metrics"),
         asyncio.create_task(server.serve(), name="http"),
         asyncio.create_task(_probe_store(service, stop), name="readiness"),
     ]
-    if settings.retention > 0:
+    if consumes:
+        from analyzer.ingest.kafka import KafkaIngest
+
+        ingest = KafkaIngest(settings, lambda: holder.pipeline, store, metrics, clock)
+        service.ingest = ingest
+        tasks.append(asyncio.create_task(ingest.run(stop), name="ingest"))
+    # Retention is a store-wide chore: the process that serves the API does it, not each of N ingest workers.
+    if settings.retention > 0 and settings.role != "ingest":
         tasks.append(asyncio.create_task(_retention(service, stop), name="retention"))
+    if settings.role == "api":
+        tasks.append(asyncio.create_task(_refresh_templates(service, stop), name="templates"))
     if broker is not None and settings.demo:
         from analyzer.demo import feed
 
         tasks.append(asyncio.create_task(feed(broker.bootstrap, settings.kafka_topics[0], stop), name="demo"))
     log.info(
         "serving",
+        role=settings.role,
         http=f"http://{settings.http_host}:{settings.http_port}",
         store=_redact(settings.store_url.get_secret_value()),
     )
     if broker is not None:
-        _print_where_to_look(settings)
+        print_where_to_look(settings)
     failed: BaseException | None = None
     try:
         stopping = asyncio.create_task(stop.wait())
@@ -401,7 +447,7 @@ class ServiceFailed(AnalyzerError):
     """A service task (consumer, HTTP server) died unexpectedly."""
 
 
-def _print_where_to_look(settings: Settings) -> None:
+def print_where_to_look(settings: Settings) -> None:
     host = "localhost" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
     base = f"http://{host}:{settings.http_port}"
     lines = [
@@ -442,15 +488,20 @@ def _redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def main() -> int:
+def main(overrides: Mapping[str, Any] | None = None) -> int:
+    """`serve`: ``overrides`` (the command line's --role, --workers) win over the ANALYZER_* environment."""
     from analyzer.logging import configure
 
     try:
-        settings = Settings()
+        settings = Settings(**dict(overrides or {}))
     except ValueError as exc:
         print(f"mesh-analyzer: error: invalid settings: {exc}")
         return 2
     configure(settings.log_level, settings.log_format)
+    if settings.workers > 0:
+        from analyzer.supervisor import supervise
+
+        return supervise(settings)
     try:
         asyncio.run(run(settings))
     except ServiceFailed as exc:

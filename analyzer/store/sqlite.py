@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import threading
 import time
@@ -38,6 +39,13 @@ T = TypeVar("T")
 
 _SQL = statements(SQLITE)
 _RETENTION = retention_statements(SQLITE)
+# Several processes on one file (`serve --workers N`): WAL lets one write at a time. A writer waits for the
+# lock in BEGIN IMMEDIATE (busy_timeout); SQLITE_BUSY that reaches us anyway (the busy handler is not called in
+# every case: WAL recovery, a journal-mode switch at open) rolls the whole transaction back and runs it again,
+# a few times within the busy timeout. A batch and its offsets are one transaction, so a retry can neither
+# lose nor repeat any of it.
+BUSY_RETRIES = 6
+BUSY_PAUSE = 0.02  # seconds before the first retry, doubling, with jitter
 
 
 class SqliteStore:
@@ -63,6 +71,11 @@ class SqliteStore:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._call(self._conn, self._lock, self._thread_lock, fn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A write (one transaction or one statement), run again on SQLITE_BUSY (see BUSY_RETRIES)."""
+        budget = self._busy_timeout
+        return await self._run(lambda conn: retry_busy(lambda: fn(conn), budget))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader is None:
@@ -99,7 +112,7 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open SQLite database {self._path}: {e}") from e
         try:
-            await self._run(_migrate)
+            await self._write(_migrate)
             if self._path != ":memory:":
                 self._reader = await asyncio.to_thread(self._connect)
         except BaseException:
@@ -114,7 +127,9 @@ class SqliteStore:
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            # Several processes may open a new file at once (`serve --workers N`): the switch to WAL can meet
+            # SQLITE_BUSY without the busy handler being asked.
+            retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"), self._busy_timeout)
             # In WAL mode NORMAL may lose the last commits on power loss but never tears one: offsets roll back
             # together with their incidents, so the batch is simply consumed again.
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -169,7 +184,7 @@ class SqliteStore:
             with _transaction(conn):
                 drive(commit_program(_SQL, group, changes, offsets, rules), lambda op: _execute(conn, op))
 
-        await self._health.watch(self._run(apply))
+        await self._health.watch(self._write(apply))
 
     async def purge(
         self, incidents_before: float | None, silences_before: float | None, limit: int = 500
@@ -179,7 +194,7 @@ class SqliteStore:
                 program = purge_program(SQLITE, _RETENTION, incidents_before, silences_before, limit)
                 return drive(program, lambda op: _execute(conn, op))
 
-        return await self._run(apply)
+        return await self._write(apply)
 
     async def ack(self, incident_id: str, by: str, at: float, comment: str | None = None) -> bool:
         params = {"id": storable(incident_id), "by": storable(by), "at": float(at), "comment": _opt(comment)}
@@ -187,12 +202,12 @@ class SqliteStore:
         def apply(conn: sqlite3.Connection) -> bool:
             return conn.execute(_SQL.ack, params).rowcount == 1
 
-        return await self._run(apply)
+        return await self._write(apply)
 
     async def add_silence(self, silence: Silence) -> str:
         silence_id = silence.id or uuid.uuid4().hex
         params = silence_params(silence, silence_id)
-        await self._run(lambda c: c.execute(_SQL.add_silence, params))
+        await self._write(lambda c: c.execute(_SQL.add_silence, params))
         return silence_id
 
     # -- reads ------------------------------------------------------------------------------------------------
@@ -249,7 +264,7 @@ class SqliteStore:
             with _transaction(conn):
                 return conn.execute(_SQL.claim_suppressed, {"st": float(stream_time)}).fetchall()
 
-        return sorted(Counter(str(r[0]) for r in await self._run(apply)).items())
+        return sorted(Counter(str(r[0]) for r in await self._write(apply)).items())
 
     async def counts_by_status(self, stream_time: float) -> list[tuple[str, str, str, int]]:
         rows = await self._read(lambda c: c.execute(_SQL.counts_by_status, {"st": float(stream_time)}).fetchall())
@@ -271,9 +286,41 @@ class _transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                # A COMMIT that fails (SQLITE_BUSY, disk full) can leave the transaction open: roll it back, so
+                # the connection is clean for a retry and the next call.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
         elif self._conn.in_transaction:  # some errors (SQLITE_FULL, ...) have rolled back already
             self._conn.execute("ROLLBACK")
+
+
+def is_busy(error: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, extended codes included: another connection holds the lock."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:  # raised by the sqlite3 module itself, without an engine code
+        return "database is locked" in str(error)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def retry_busy(fn: Callable[[], T], budget: float) -> T:
+    """``fn()``, called again after SQLITE_BUSY while attempts (BUSY_RETRIES) and time (``budget``) remain.
+    ``fn`` must be one whole transaction or one statement: what failed busy has been rolled back."""
+    deadline = time.monotonic() + budget
+    pause = BUSY_PAUSE
+    for attempt in range(1, BUSY_RETRIES + 1):
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            wait = pause * random.uniform(0.5, 1.5)  # jitter: writers that collided do not collide again
+            if not is_busy(e) or attempt == BUSY_RETRIES or time.monotonic() + wait > deadline:
+                raise
+            time.sleep(wait)
+            pause *= 2
+    raise AssertionError("unreachable")
 
 
 def _execute(conn: sqlite3.Connection, op: Op) -> Any:
