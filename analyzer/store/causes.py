@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from analyzer.causes import NOTHING, Affected, Grouping, Span, cause_rules, group, group_status
+from analyzer.causes import NOTHING, Affected, Grouping, Span, cause_rules, group, group_status, max_slack
 from analyzer.store.base import MAX_LIMIT, IncidentQuery, IncidentRow, Store
 from analyzer.types import Causes, Rule, Severity, Status
 
 _SEVERITY_RANK = {s.value: rank for rank, s in enumerate(Severity)}  # critical first
 # Bounds what one read may load beside the incidents it shows: past it, `affected` counts what was read.
 MAX_PAGES = 20
+# Links of a cause chain followed up (CA secret -> signing -> certificate fetches is three).
+MAX_CHAIN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +86,51 @@ class CauseReader:
             self._causes = await _read_all(self.store, query) if names else []
         return self._causes
 
+    async def causes_near(self, focus: Iterable[IncidentRow]) -> list[IncidentRow]:
+        """The cause incidents that can explain ``focus``, and theirs up the chain: only those whose window can
+        hold a focus row's first occurrence (read per cluster over the merged windows of the rows a cause rule
+        targets), so a read costs what its page touches, not every cause incident the store holds."""
+        names = cause_rules(self.rules)
+        if not names:
+            return []
+        slack = max_slack(self.rules.values())
+        targeted = _targeted(self.rules)
+        found: dict[str, IncidentRow] = {}
+        pending = [r for r in focus if r.rule_id in targeted]
+        looked: set[tuple[str, float]] = set()
+        for _ in range(MAX_CHAIN):
+            windows: dict[str, list[tuple[float, float]]] = {}
+            for r in pending:
+                if (r.key.cluster, r.first_seen) not in looked:
+                    looked.add((r.key.cluster, r.first_seen))
+                    windows.setdefault(r.key.cluster, []).append((r.first_seen - slack, r.first_seen + slack))
+            fresh: list[IncidentRow] = []
+            for cluster, spans in sorted(windows.items()):
+                # One read per cluster and link, over the windows' hull: a statement per disjoint window cost more
+                # than the rows between them (a row is ~20 us to read; a statement, milliseconds).
+                for lo, hi in [(min(a for a, _ in spans), max(b for _, b in spans))]:
+                    query = IncidentQuery(
+                        rules=tuple(names),
+                        cluster=cluster,
+                        since=lo,
+                        until=hi,
+                        stream_time=self.stream_time,
+                        now=self.now,
+                    )
+                    for row in await _read_all(self.store, query):
+                        if row.id not in found:
+                            found[row.id] = row
+                            fresh.append(row)
+            pending = [r for r in fresh if r.rule_id in targeted]  # a cause may itself be another's symptom
+            if not pending:
+                break
+        return list(found.values())
+
     async def view(self, focus: Sequence[IncidentRow], *, affected: bool = True) -> CauseView:
         """The grouping as it concerns ``focus``: each one's caused_by, and (``affected``) the symptoms of
         those that are roots."""
         rows: dict[str, IncidentRow] = {r.id: r for r in focus}
-        causes = await self.cause_rows()
+        causes = [*await self.causes_near(focus), *(r for r in focus if _causes(self.rules, r) is not None)]
         if not causes:
             return CauseView(EMPTY, rows)
         for row in causes:
@@ -96,21 +138,34 @@ class CauseReader:
         grouping = group(_spans(rows.values()), self.rules)
         if not affected:
             return CauseView(grouping, rows)
-        # The roots among ``focus`` that can have symptoms, and every cause incident under them: their windows.
+        # The roots among ``focus`` that can have symptoms, and every cause incident under them: their windows,
+        # widened as causes under them are found there (CA secret -> signing errors -> their own symptoms).
         roots = {r.id for r in focus if r.id not in grouping.root and _causes(self.rules, r) is not None}
-        windows: dict[str, tuple[float, float]] = {}
-        for row in causes:
-            spec = _causes(self.rules, row)
-            if spec is None or grouping.root.get(row.id, row.id) not in roots:
-                continue
-            lo, hi = row.first_seen - spec.slack, row.last_seen + spec.slack
-            known = windows.get(row.key.cluster)
-            windows[row.key.cluster] = (lo, hi) if known is None else (min(lo, known[0]), max(hi, known[1]))
-        for cluster, (lo, hi) in sorted(windows.items()):
-            query = IncidentQuery(cluster=cluster, since=lo, until=hi, stream_time=self.stream_time, now=self.now)
-            for row in await _read_all(self.store, query):
+        targeted = tuple(sorted(_targeted(self.rules)))
+        read: dict[str, tuple[float, float]] = {}
+        for _ in range(MAX_CHAIN):
+            windows: dict[str, tuple[float, float]] = {}
+            for row in rows.values():
+                spec = _causes(self.rules, row)
+                if spec is None or grouping.root.get(row.id, row.id) not in roots:
+                    continue
+                lo, hi = row.first_seen - spec.slack, row.last_seen + spec.slack
+                known = windows.get(row.key.cluster)
+                windows[row.key.cluster] = (lo, hi) if known is None else (min(lo, known[0]), max(hi, known[1]))
+            windows = {c: w for c, w in windows.items() if read.get(c) != w}
+            if not windows:
+                break
+            inside: list[IncidentRow] = []
+            for cluster, (lo, hi) in sorted(windows.items()):
+                read[cluster] = (lo, hi)
+                # only the rules a cause targets: the cluster's other incidents in the window are no symptoms
+                query = IncidentQuery(
+                    rules=targeted, cluster=cluster, since=lo, until=hi, stream_time=self.stream_time, now=self.now
+                )
+                inside += [row for row in await _read_all(self.store, query) if row.id not in rows]
+            # what they were read for may have an earlier cause of its own, outside the causes read so far
+            for row in [*inside, *await self.causes_near(inside)]:
                 rows.setdefault(row.id, row)
-        if windows:
             grouping = group(_spans(rows.values()), self.rules)
         return CauseView(grouping, rows)
 
@@ -149,6 +204,16 @@ async def open_roots(store: Store, rules: Mapping[str, Rule], stream_time: float
         if root_row is not None:
             counts[(root_row.category, worst)] = counts.get((root_row.category, worst), 0) + 1
     return [(category, sev, n) for (category, sev), n in sorted(counts.items())]
+
+
+def _targeted(rules: Mapping[str, Rule]) -> frozenset[str]:
+    """Ids of the rules some rule's ``causes`` targets (by id, or by category)."""
+    causers = [r for r in rules.values() if r.causes is not None]
+    return frozenset(
+        rid
+        for rid, rule in rules.items()
+        if any(c.id != rid and c.causes is not None and c.causes.targets(rid, rule.category.value) for c in causers)
+    )
 
 
 def _causes(rules: Mapping[str, Rule], row: IncidentRow) -> Causes | None:

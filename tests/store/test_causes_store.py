@@ -61,3 +61,61 @@ async def test_open_roots_on_both_stores(filled: Store) -> None:
         ("apiserver-connectivity", "high", 1),
         ("proxy-readiness", "medium", 1),
     ]
+
+
+CHAIN_RULES = (
+    "istiod-apiserver-unreachable",
+    "istiod-ca-secret-failure",  # causes the signing errors, which cause the proxies' certificate trouble
+    "istiod-csr-signing-error",
+    "proxy-ca-unreachable",
+    "proxy-not-ready",
+    "access-upstream-no-healthy",
+    "istiod-rbac-forbidden",  # causes nothing, caused by nothing
+)
+
+
+async def test_a_page_is_grouped_as_the_whole_store_is(store: Store) -> None:
+    """The reader reads only the causes near a page (and up their chains): every page's caused_by and every
+    root's affected must be what grouping all the store's incidents at once gives."""
+    import random
+
+    from analyzer.causes import Span, group
+
+    rng = random.Random(20261129)
+    chained = 0
+    for scenario in range(12):
+        clusters = (f"s{scenario}-a", f"s{scenario}-b")
+        intervals = []
+        for n in range(rng.randint(20, 70)):
+            first = rng.uniform(0, 7200)
+            intervals.append(
+                iv(
+                    rng.choices(CHAIN_RULES, weights=(1, 2, 3, 3, 3, 2, 1))[0],
+                    first,
+                    first + rng.choice((0, 30, 240, 1800, 5400)),
+                    cluster=rng.choice(clusters),
+                    ns=rng.choice(("shop", "pay", "istio-system")),
+                    wl=f"w{n % 7}",
+                )
+            )
+        at = T0 + 9000
+        await store.commit_batch("g", Changes(merges=tuple(intervals), stream_time=at), [], RULES)
+        rows = []
+        for cluster in clusters:
+            rows += (await store.list_incidents(IncidentQuery(cluster=cluster, limit=1000, stream_time=at))).items
+        whole = group([Span(r.id, r.rule_id, r.key, r.first_seen, r.last_seen, r.pods) for r in rows], RULES)
+        chained += sum(1 for sid, parent in whole.parent.items() if whole.root[sid] != parent)
+        for cluster in clusters:
+            cursor = None
+            while True:
+                page = await store.list_incidents(
+                    IncidentQuery(cluster=cluster, limit=7, cursor=cursor, stream_time=at)
+                )
+                view = await CauseReader(store, RULES, at).view(page.items)
+                for row in page.items:
+                    assert view.caused_by(row.id) == whole.caused_by(row.id), (scenario, row.rule_id)
+                    if row.id in whole.symptoms:
+                        assert view.affected(row.id) == whole.affected_of(row.id), (scenario, row.rule_id)
+                if (cursor := page.next_cursor) is None:
+                    break
+    assert chained > 0, "some symptoms' roots are causes of their causes"
