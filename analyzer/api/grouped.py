@@ -48,7 +48,7 @@ async def grouped_page(
         after = decode_cursor(query.cursor) if query.cursor is not None else None
         extra = [
             r
-            for r in await reader.cause_rows()
+            for r in await reader.open_through_symptoms()
             if r.status not in wanted and admits(r) and (after is None or _position(r) < after)
         ]
         extra.sort(key=_position, reverse=True)

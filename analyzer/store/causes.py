@@ -68,23 +68,23 @@ async def _read_all(store: Store, query: IncidentQuery) -> list[IncidentRow]:
 
 
 class CauseReader:
-    """One read's view of the grouping: the cause incidents are read once, then each batch of rows to show is
-    grouped against them (and, for its roots, against the incidents inside their windows)."""
+    """One read's view of the grouping: each batch of rows to show is grouped against the cause incidents near
+    it (up their chains) and, for its roots, against the incidents of the rules they cause inside their windows."""
 
     def __init__(self, store: Store, rules: Mapping[str, Rule], stream_time: float, now: float | None = None) -> None:
         self.store = store
         self.rules = rules
         self.stream_time = stream_time
         self.now = now
-        self._causes: list[IncidentRow] | None = None
 
-    async def cause_rows(self) -> list[IncidentRow]:
-        """Every incident of a rule that declares causes (what any caused_by can point at)."""
-        if self._causes is None:
-            names = cause_rules(self.rules)
-            query = IncidentQuery(rules=tuple(names), stream_time=self.stream_time, now=self.now)
-            self._causes = await _read_all(self.store, query) if names else []
-        return self._causes
+    async def open_through_symptoms(self) -> list[IncidentRow]:
+        """The cause incidents a symptom can hold open: up the chains of the open incidents a cause targets.
+        (A root is open while any of its symptoms is, whatever its own status.)"""
+        targeted = tuple(sorted(_targeted(self.rules)))
+        if not targeted:
+            return []
+        query = IncidentQuery(statuses=(Status.OPEN,), rules=targeted, stream_time=self.stream_time, now=self.now)
+        return await self.causes_near(await _read_all(self.store, query))
 
     async def causes_near(self, focus: Iterable[IncidentRow]) -> list[IncidentRow]:
         """The cause incidents that can explain ``focus``, and theirs up the chain: only those whose window can
