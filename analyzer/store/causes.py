@@ -20,6 +20,9 @@ _SEVERITY_RANK = {s.value: rank for rank, s in enumerate(Severity)}  # critical 
 MAX_PAGES = 20
 # Links of a cause chain followed up (CA secret -> signing -> certificate fetches is three).
 MAX_CHAIN = 8
+# Separate reads for a page's windows when their hull is this many times longer than they are, at most MAX_READS.
+HULL_RATIO = 20
+MAX_READS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +109,7 @@ class CauseReader:
                     windows.setdefault(r.key.cluster, []).append((r.first_seen - slack, r.first_seen + slack))
             fresh: list[IncidentRow] = []
             for cluster, spans in sorted(windows.items()):
-                # One read per cluster and link, over the windows' hull: a statement per disjoint window cost more
-                # than the rows between them (a row is ~20 us to read; a statement, milliseconds).
-                for lo, hi in [(min(a for a, _ in spans), max(b for _, b in spans))]:
+                for lo, hi in _reads(spans):
                     query = IncidentQuery(
                         rules=tuple(names),
                         cluster=cluster,
@@ -214,6 +215,23 @@ def _targeted(rules: Mapping[str, Rule]) -> frozenset[str]:
         for rid, rule in rules.items()
         if any(c.id != rid and c.causes is not None and c.causes.targets(rid, rule.category.value) for c in causers)
     )
+
+
+def _reads(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The windows to read: their hull, in one statement, when the windows cover a fair part of it (a row costs
+    ~20 us to read, a statement milliseconds); else each group of overlapping windows (rows days apart, say a
+    namespace's page, would otherwise read every cause incident of the days between), at most MAX_READS."""
+    merged: list[tuple[float, float]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    hull = (merged[0][0], merged[-1][1])
+    covered = sum(hi - lo for lo, hi in merged)
+    if len(merged) > MAX_READS or covered * HULL_RATIO >= hull[1] - hull[0]:
+        return [hull]
+    return merged
 
 
 def _causes(rules: Mapping[str, Rule], row: IncidentRow) -> Causes | None:
