@@ -326,20 +326,30 @@ def run_backend(
     windows: Mapping[str, float],
     workdir: Path,
     use_wrk: bool,
+    split: bool = False,
 ) -> BackendResult:
+    """``split``: `serve --role ingest` on the measured CPU and `serve --role api` (what the requests go to) on
+    the other one, as `serve --workers 1` runs them; else one `serve` (role all) for both."""
     print(f"  [{backend}] filling the store with {len(intervals):,} incidents ...", flush=True)
     fill = asyncio.run(fill_store(url, intervals, rules, now))
     result = BackendResult(backend, fill)
     paths = urls([iv.id for iv in intervals], list(rules.values()))
-    serve = e2e.Serve(bootstrap, topic, url, workdir / f"{backend}-serve.log", e2e.MEASURE_CPU)
+    role = {"ANALYZER_ROLE": "ingest"} if split else None
+    serve = e2e.Serve(bootstrap, topic, url, workdir / f"{backend}-serve.log", e2e.MEASURE_CPU, role)
+    front = serve
+    if split:
+        front = e2e.Serve(
+            bootstrap, topic, url, workdir / f"{backend}-api.log", e2e.OTHER_CPU, {"ANALYZER_ROLE": "api"}
+        )
     try:
+        front.wait_ready()
         serve.wait_ready()
         deadline = time.monotonic() + 60
         while not serve.metric("analyzer_records_consumed_total") > 0:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the service consumes nothing\n{serve.tail()}")
             time.sleep(0.2)
-        base = f"http://127.0.0.1:{serve.port}"
+        base = f"http://127.0.0.1:{front.port}"
         time.sleep(windows["warmup"])
         result.idle_ingest = ingest_window(serve, windows["idle"])
         print(f"  [{backend}] idle ingest {e2e.fmt_rate(result.idle_ingest)} records/s", flush=True)
@@ -380,9 +390,9 @@ def run_backend(
         result.backlog_left = backlog - consumed
         result.per_query = per_query(base, paths, repeat=2)
     finally:
-        code = serve.stop()
-        if code not in (0, None):
-            result.note = f"service exit code {code}"
+        codes = [serve.stop(), *([front.stop()] if front is not serve else [])]
+        if any(code not in (0, None) for code in codes):
+            result.note = f"service exit codes {codes}"
     return result
 
 
@@ -447,6 +457,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backends", default="sqlite,postgresql")
     p.add_argument("--no-wrk", action="store_true", help="use the httpx generator even if wrk is installed")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
+    p.add_argument(
+        "--modes",
+        default="one",
+        help="comma list: one (a single `serve`, role all), split (`--role ingest` on the measured CPU, `--role api` "
+        "on the other, as `serve --workers 1` runs them); each backend is measured in each mode, in this run",
+    )
     args = p.parse_args(argv)
     windows = {"warmup": 3.0, "idle": 8.0, "paced": 15.0, "max": 10.0}
     if args.quick:
@@ -495,15 +511,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"max {windows['max']:.0f}s, idle {windows['idle']:.0f}s (paced windows: one open-loop, one wrk)"
         )
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            if backend == "sqlite":
-                ctx: contextlib.AbstractContextManager[str] = contextlib.nullcontext(f"sqlite:///{workdir / 'api.db'}")
-            else:
-                ctx = pg_schema(PG_DSN)
-            with ctx as url:
-                result = run_backend(
-                    backend, url, broker.bootstrap, topic, total, intervals, rules, now, windows, workdir, use_wrk
-                )
-            missed += print_backend(result)
+            ctx: contextlib.AbstractContextManager[str]
+            for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+                if backend == "sqlite":
+                    ctx = contextlib.nullcontext(f"sqlite:///{workdir / f'api-{mode}.db'}")
+                else:
+                    ctx = pg_schema(PG_DSN)
+                with ctx as url:
+                    result = run_backend(
+                        f"{backend}, {mode}",
+                        url,
+                        broker.bootstrap,
+                        topic,
+                        total,
+                        intervals,
+                        rules,
+                        now,
+                        windows,
+                        workdir,
+                        use_wrk,
+                        split=mode == "split",
+                    )
+                missed += print_backend(result)
     finally:
         broker.stop()
         if not args.keep:

@@ -418,7 +418,9 @@ async def pipeline_in_process(
 class Serve:
     """``mesh-analyzer serve`` as a subprocess pinned to one CPU, its log in a file."""
 
-    def __init__(self, bootstrap: str, topic: str, store_url: str, log_path: Path, cpu: int) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, store_url: str, log_path: Path, cpu: int, env: Mapping[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.group = f"bench-{uuid.uuid4().hex[:8]}"
         env = dict(os.environ)
@@ -431,6 +433,7 @@ class Serve:
             ANALYZER_HTTP_PORT=str(self.port),
             ANALYZER_LOG_FORMAT="json",
             ANALYZER_LOG_LEVEL="info",
+            **(env or {}),
         )
         self.log_path = log_path
         self.spawned = time.time()
