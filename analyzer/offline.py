@@ -390,16 +390,6 @@ def with_causes(found: Sequence[Incident], rules: Mapping[str, Rule]) -> list[In
     return out
 
 
-def nested(found: Sequence[Incident]) -> list[Incident]:
-    """Incidents that carry their caused_by already (as the API lists them): each root among them gets the
-    symptoms among them attached, in the order given, so the table prints them under it."""
-    under: dict[str, list[Incident]] = {}
-    for i in found:
-        if i.caused_by is not None:
-            under.setdefault(i.caused_by, []).append(i)
-    return [replace(i, symptoms=tuple(under[i.id])) if i.id in under else i for i in found]
-
-
 def symptom_lines(incident: Incident) -> list[str]:
     """A root cause's symptoms, one line each, indented under it in the incident table (`scan`, `incidents`)."""
     if not incident.symptoms:

@@ -87,28 +87,3 @@ def test_with_a_healthy_istiod_the_proxy_incidents_stand_alone(tmp_path: Path) -
     assert "symptoms:" not in out and "↳" not in out
     heads = [b.splitlines()[0] for b in out.split("\n\n")[1:] if b.strip()]
     assert len(heads) == 2 and all("proxy-not-ready" in h for h in heads)
-
-
-def test_incidents_listed_with_their_caused_by_nest_under_their_root() -> None:
-    from analyzer.catalogue import load_catalogue
-    from analyzer.offline import Incident, nested, symptom_lines
-    from analyzer.types import Evidence, IncidentKey, Interval, Status
-    from tests.conftest import PATTERNS
-
-    rules = load_catalogue(PATTERNS).by_id()
-
-    def incident(iid: str, rule: str, caused_by: str | None = None) -> Incident:
-        e = Evidence(T0, "line", "p", "c")
-        interval = Interval(rule, IncidentKey("c", "shop", iid), T0, T0 + 60, 2, (e,), (e,), ("p",))
-        return Incident(iid, interval, rules[rule], Status.OPEN, caused_by=caused_by)
-
-    found = nested(
-        [
-            incident("root", "istiod-apiserver-unreachable"),
-            incident("a", "proxy-not-ready", "root"),
-            incident("b", "proxy-xds-stream-closed", "elsewhere"),  # its root is not in the list
-        ]
-    )
-    assert [s.id for s in found[0].symptoms] == ["a"] and found[2].symptoms == ()
-    lines = symptom_lines(found[0])
-    assert lines[0] == "  symptoms: 1 incident(s) caused by this" and "proxy-not-ready" in lines[1]

@@ -171,19 +171,6 @@ class CauseReader:
         return CauseView(grouping, rows)
 
 
-async def cause_view(
-    store: Store,
-    rules: Mapping[str, Rule],
-    focus: Sequence[IncidentRow],
-    stream_time: float,
-    now: float | None = None,
-    *,
-    affected: bool = True,
-) -> CauseView:
-    """One-off: ``CauseReader(...).view(focus)``."""
-    return await CauseReader(store, rules, stream_time, now).view(focus, affected=affected)
-
-
 async def open_roots(store: Store, rules: Mapping[str, Rule], stream_time: float) -> list[tuple[str, str, int]]:
     """(category, severity, count) of the open groups by their root: each open incident stands for its root
     (itself when it is no symptom), so a root counts once, open through itself or any of its symptoms, and a
@@ -239,4 +226,4 @@ def _causes(rules: Mapping[str, Rule], row: IncidentRow) -> Causes | None:
     return None if rule is None else rule.causes
 
 
-__all__ = ["NOTHING", "CauseReader", "CauseView", "cause_view", "open_roots"]
+__all__ = ["NOTHING", "CauseReader", "CauseView", "open_roots"]
