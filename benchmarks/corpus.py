@@ -843,6 +843,17 @@ class Corpus:
     problems: list[int]  # indices of the injected real problem lines
     kinds: Counter[str] = field(default_factory=Counter)
 
+    def add(self, line: Line, t: float, kind: str, enc: RecordEncoder | None) -> None:
+        """One more line (and, given an encoder, the Fluent Bit record that carries it)."""
+        if kind == "problem":
+            self.problems.append(len(self.lines))
+        self.lines.append(line.text.encode())
+        self.kinds[kind] += 1
+        if enc is not None:
+            value, ts = enc(line, t)
+            self.records.append(value)
+            self.timestamps.append(ts)
+
     @property
     def line_bytes(self) -> int:
         """Size of the lines as a newline-terminated file."""
@@ -900,15 +911,8 @@ def generate(
     """The seeded corpus: n lines and (if ``records``) the n Fluent Bit records that carry them."""
     enc = RecordEncoder(random.Random(seed + 1), tab_escape)
     corpus = Corpus([], [], [], [])
-    for i, (line, t, kind) in enumerate(iter_lines(n, seed=seed, problem_rate=problem_rate, real_lines=real_lines)):
-        corpus.lines.append(line.text.encode())
-        corpus.kinds[kind] += 1
-        if kind == "problem":
-            corpus.problems.append(i)
-        if records:
-            value, ts = enc(line, t)
-            corpus.records.append(value)
-            corpus.timestamps.append(ts)
+    for line, t, kind in iter_lines(n, seed=seed, problem_rate=problem_rate, real_lines=real_lines):
+        corpus.add(line, t, kind, enc if records else None)
     return corpus
 
 
@@ -1387,14 +1391,7 @@ def generate_mix(
         t += rnd.expovariate(280.0)
         kind = "problem" if rnd.random() < problem_rate else draws[i]
         line = gen.problem(t) if kind == "problem" else gen.kinds[kind](t)
-        corpus.lines.append(line.text.encode())
-        corpus.kinds[kind] += 1
-        if kind == "problem":
-            corpus.problems.append(i)
-        if records:
-            value, ts = enc(line, t)
-            corpus.records.append(value)
-            corpus.timestamps.append(ts)
+        corpus.add(line, t, kind, enc if records else None)
     return corpus
 
 
