@@ -76,25 +76,6 @@ def _in_scope(scope: CauseScope, cause: IncidentKey, symptom: IncidentKey) -> bo
     return scope is CauseScope.NAMESPACE or cause.workload == symptom.workload
 
 
-def direct_cause(symptom: Span, candidates: Iterable[Span], rules: Mapping[str, Rule]) -> Span | None:
-    """The earliest (first_seen, then id) incident among ``candidates`` that explains ``symptom``, or None."""
-    symptom_rule = rules.get(symptom.rule_id)
-    category = symptom_rule.category.value if symptom_rule is not None else ""
-    best: Span | None = None
-    for cause in candidates:
-        rule = rules.get(cause.rule_id)
-        causes = rule.causes if rule is not None else None
-        if causes is None or cause.rule_id == symptom.rule_id or not causes.targets(symptom.rule_id, category):
-            continue
-        if not _in_scope(causes.scope, cause.key, symptom.key):
-            continue
-        if not cause.first_seen - causes.slack <= symptom.first_seen <= cause.last_seen + causes.slack:
-            continue
-        if best is None or (cause.first_seen, cause.id) < (best.first_seen, best.id):
-            best = cause
-    return best
-
-
 def group(spans: Iterable[Span], rules: Mapping[str, Rule]) -> Grouping:
     """Direct causes, roots, symptoms and what each root affects, for this set of incidents.
 
@@ -110,6 +91,7 @@ def group(spans: Iterable[Span], rules: Mapping[str, Rule]) -> Grouping:
         if rule is not None and rule.causes is not None:
             causes_of[(s.key.cluster, s.rule_id)].append(s)
     cause_rule_ids = sorted({rid for _, rid in causes_of})
+    specs = {rid: spec for rid in cause_rule_ids if (spec := rules[rid].causes) is not None}
     index = {k: _Index.of(v, _slack(rules, k[1])) for k, v in causes_of.items()}
     targeted_by: dict[str, list[str]] = {}
     parent: dict[str, str] = {}
@@ -126,10 +108,19 @@ def group(spans: Iterable[Span], rules: Mapping[str, Rule]) -> Grouping:
             targeted_by[s.rule_id] = names
         if not names:
             continue
-        candidates = [c for rid in names for c in _near(index.get((s.key.cluster, rid)), s.first_seen)]
-        cause = direct_cause(s, candidates, rules)
-        if cause is not None:
-            parent[s.id] = cause.id
+        # The earliest (first_seen, then id) cause in scope whose window, widened by its slack, holds s's start.
+        best: Span | None = None
+        for rid in names:
+            spec = specs[rid]
+            for cause in _near(index.get((s.key.cluster, rid)), s.first_seen):
+                if not cause.first_seen - spec.slack <= s.first_seen <= cause.last_seen + spec.slack:
+                    continue
+                if not _in_scope(spec.scope, cause.key, s.key):
+                    continue
+                if best is None or (cause.first_seen, cause.id) < (best.first_seen, best.id):
+                    best = cause
+        if best is not None:
+            parent[s.id] = best.id
     root: dict[str, str] = {}
     for sid in parent:
         top, seen = sid, {sid}

@@ -60,21 +60,29 @@ TARGET_INGEST = 0.8  # loaded ingest >= 80% of idle
 NAMESPACES = 20
 WORKLOADS = 500
 WEEK = 7 * 86400.0
+# Incidents of cause rules among all: 0.3% of 100k over a week is ~40 control-plane or CA failures a day, already
+# a bad week. Dealing every rule alike gives ~10%: a mesh whose istiod is down all the time.
+CAUSE_SHARE = 0.003
 
 
 # ------------------------------------------------------------------------------------------- the incidents
 
 
-def synthetic_intervals(n: int, rules: Sequence[Rule], now: float, seed: int = 7) -> list[Interval]:
+def synthetic_intervals(
+    n: int, rules: Sequence[Rule], now: float, cause_share: float = CAUSE_SHARE, seed: int = 7
+) -> list[Interval]:
     """n intervals with distinct ids: real rule ids, 20 namespaces x 500 workloads, last seen over a week.
 
     About 5% were last seen in the past hour (open or pending at ``now``), the rest are older (resolved or
-    suppressed): a store that has been running for a while.
+    suppressed): a store that has been running for a while. ``cause_share`` of them are of rules that declare
+    causes (istiod cut off, CA broken, ...), the rest are dealt round the other rules.
     """
     rnd = random.Random(seed)
+    causers = [r for r in rules if r.causes is not None]
+    others = [r for r in rules if r.causes is None]
     out: list[Interval] = []
     for i in range(n):
-        rule = rules[i % len(rules)]
+        rule = rnd.choice(causers) if causers and rnd.random() < cause_share else others[i % len(others)]
         ns = f"bench-{rnd.randrange(NAMESPACES):02d}"
         workload = f"wl-{rnd.randrange(WORKLOADS):03d}"
         recent = rnd.random() < 0.05
@@ -263,6 +271,7 @@ async def _httpx_load(base: str, paths: Sequence[str], seconds: float, rate: flo
 @dataclass
 class BackendResult:
     backend: str
+    incidents: int
     fill_s: float
     rows: list[Load] = field(default_factory=list)
     per_query: list[tuple[str, float, float]] = field(default_factory=list)  # (kind, median ms, max ms)
@@ -332,7 +341,7 @@ def run_backend(
     the other one, as `serve --workers 1` runs them; else one `serve` (role all) for both."""
     print(f"  [{backend}] filling the store with {len(intervals):,} incidents ...", flush=True)
     fill = asyncio.run(fill_store(url, intervals, rules, now))
-    result = BackendResult(backend, fill)
+    result = BackendResult(backend, len(intervals), fill)
     paths = urls([iv.id for iv in intervals], list(rules.values()))
     role = {"ANALYZER_ROLE": "ingest"} if split else None
     serve = e2e.Serve(bootstrap, topic, url, workdir / f"{backend}-serve.log", e2e.MEASURE_CPU, role)
@@ -401,7 +410,8 @@ def print_backend(r: BackendResult) -> list[str]:
     print()
     ran_out = " (RAN OUT: the ingest rates are too low)" if r.backlog_left <= 0 else ""
     print(
-        f"[{r.backend}] 100k incidents filled in {r.fill_s:.1f}s; idle ingest {e2e.fmt_rate(r.idle_ingest)} records/s; "
+        f"[{r.backend}] {r.incidents:,} incidents filled in {r.fill_s:.1f}s; "
+        f"idle ingest {e2e.fmt_rate(r.idle_ingest)} records/s; "
         f"backlog left at the end {r.backlog_left:,.0f} records{ran_out}"
     )
     head = (
@@ -458,6 +468,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-wrk", action="store_true", help="use the httpx generator even if wrk is installed")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument(
+        "--cause-share",
+        type=float,
+        default=CAUSE_SHARE,
+        help="share of the synthetic incidents from rules that declare causes (every rule dealt alike: ~0.1)",
+    )
+    p.add_argument(
         "--modes",
         default="one",
         help="comma list: one (a single `serve`, role all), split (`--role ingest` on the measured CPU, `--role api` "
@@ -485,7 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     catalogue = load_catalogue(default_patterns_dir())
     rules = catalogue.by_id()
     now = time.time()
-    intervals = synthetic_intervals(args.incidents, list(rules.values()), now)
+    intervals = synthetic_intervals(args.incidents, list(rules.values()), now, args.cause_share)
+    causing = sum(1 for i in intervals if rules[i.rule_id].causes is not None)
+    print(f"store: {len(intervals):,} synthetic incidents, {causing:,} of them of rules that declare causes")
     workdir = Path(tempfile.mkdtemp(prefix="api-bench-"))
     broker = LocalBroker(log_path=workdir / "broker.log").start()
     assert broker.process is not None

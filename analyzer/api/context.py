@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import structlog
@@ -16,6 +16,7 @@ from analyzer.config import Settings
 from analyzer.errors import StoreError
 from analyzer.metrics import Metrics
 from analyzer.store import Store
+from analyzer.store.causes import RecentReads
 from analyzer.types import Catalogue, Rule
 from analyzer.unclassified import with_rules
 
@@ -60,6 +61,7 @@ class ApiContext:
     token: bytes | None  # the API token; None disables the write endpoints
     read_token: bytes | None = None  # when set, reads under /v1 need it (or the write token)
     active_streams: int = 0  # open /v1/incidents/stream responses
+    recent: RecentReads = field(default_factory=RecentReads)  # the cause grouping's reads, shared for a second
     _rules_of: tuple[Catalogue, Mapping[str, Rule]] | None = None
 
     @property

@@ -305,7 +305,9 @@ def build_router(ctx: ApiContext) -> APIRouter:
         now = ctx.wall()
         rules = ctx.rules()
         query = filters.query(limit=limit, cursor=cursor, stream_time=stream_time, now=now)
-        reader = CauseReader(store, rules, stream_time, now)
+        # Pages share the grouping's reads (what a root affects, the causes near a page) for a second, a settled
+        # root's for 30 s: pages overlap, and one request used to read them all again (store/causes.RecentReads).
+        reader = CauseReader(store, rules, stream_time, now, ctx.recent)
         try:
             result = await ctx.store_call(grouped_page(reader, query, view, filters.admits))
         except ValueError as exc:  # a cursor that is not one of ours
@@ -408,6 +410,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
                     now = ctx.wall()
                     query = filters.query(limit=limit, cursor=None, stream_time=stream_time, now=now)
                     rules = ctx.rules()
+                    # Not from the requests' shared reads: what a stream sends must not lag what it reports.
                     reader = CauseReader(store, rules, stream_time, now)
                     # The list's page (a status filter follows a root's group status), grouped as one view.
                     page = await ctx.store_call(grouped_page(reader, query, View.ALL, filters.admits))
@@ -485,7 +488,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
         rules = ctx.rules()
-        causes = await ctx.store_call(CauseReader(store, rules, stream_time, now).view([row]))
+        causes = await ctx.store_call(CauseReader(store, rules, stream_time, now).view([row]))  # exact, uncached
         return incident_detail(row, rules, negotiate_language(lang, accept_language), causes)
 
     @router.post(
@@ -511,7 +514,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
         if row is None:  # a merge never removes an id (it becomes an alias): only retention can
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no incident with id {incident_id!r}")
         rules = ctx.rules()
-        causes = await ctx.store_call(CauseReader(store, rules, stream_time, now).view([row]))
+        causes = await ctx.store_call(CauseReader(store, rules, stream_time, now).view([row]))  # exact, uncached
         return incident_item(row, rules, causes)
 
     return router

@@ -8,8 +8,10 @@ through the store's ordinary list query, so one code path serves SQLite and Post
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from analyzer.causes import NOTHING, Affected, Grouping, Span, cause_rules, group, group_status, max_slack
 from analyzer.store.base import MAX_LIMIT, IncidentQuery, IncidentRow, Store
@@ -23,6 +25,63 @@ MAX_CHAIN = 8
 # Separate reads for a page's windows when their hull is this many times longer than they are, at most MAX_READS.
 HULL_RATIO = 20
 MAX_READS = 16
+# Seconds of stream time past a root's window (and its slack) after which no new symptom is expected in it.
+SETTLE = 60.0
+
+
+T = TypeVar("T")
+
+
+class RecentReads:
+    """What the grouping read or derived lately, shared by the requests of one API process.
+
+    Each list request used to read again the cause incidents near its page, each root's symptoms in its window
+    and the open symptoms holding causes open: the same rows for every request, since pages overlap and a second
+    of traffic asks the same questions. Kept for ``ttl`` seconds (the API caches its stream time that long too),
+    a root's symptoms for ``settled_ttl`` once its window has closed (no new symptom can start in it; what may
+    still change is a symptom's status), and at most ``max_rows`` rows in all, oldest out first. So grouping
+    annotations (caused_by, affected, a root's status through its symptoms) may lag the store or a reload by that
+    long; the rows a page shows are always read fresh."""
+
+    def __init__(
+        self,
+        ttl: float = 1.0,
+        settled_ttl: float = 30.0,
+        max_rows: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.settled_ttl = settled_ttl
+        self.max_rows = max_rows
+        self._clock = clock
+        self._entries: dict[Hashable, tuple[float, int, Any]] = {}  # key -> (expires, rows, value), oldest first
+        self._rows = 0
+        self._next_sweep = 0.0
+
+    async def get(
+        self, key: Hashable, read: Callable[[], Awaitable[T]], size: Callable[[T], int], *, settled: bool = False
+    ) -> T:
+        now = self._clock()
+        if now >= self._next_sweep:
+            for k in [k for k, (expires, _, _) in self._entries.items() if expires <= now]:
+                self._rows -= self._entries.pop(k)[1]
+            self._next_sweep = now + self.ttl
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > now:
+            cached: T = hit[2]
+            return cached
+        value = await read()
+        rows = size(value)
+        if rows <= self.max_rows:
+            # Other requests ran meanwhile: one may have put or swept this key.
+            stale = self._entries.pop(key, None)
+            if stale is not None:
+                self._rows -= stale[1]
+            while self._entries and self._rows + rows > self.max_rows:
+                self._rows -= self._entries.pop(next(iter(self._entries)))[1]
+            self._entries[key] = (now + (self.settled_ttl if settled else self.ttl), rows, value)
+            self._rows += rows
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,32 +131,58 @@ async def _read_all(store: Store, query: IncidentQuery) -> list[IncidentRow]:
 
 class CauseReader:
     """One read's view of the grouping: each batch of rows to show is grouped against the cause incidents near
-    it (up their chains) and, for its roots, against the incidents of the rules they cause inside their windows."""
+    it (up their chains) and, for its roots, against the incidents of the rules they cause inside their windows.
+    With ``recent``, what it reads or derives is shared with the other reads of the last second."""
 
-    def __init__(self, store: Store, rules: Mapping[str, Rule], stream_time: float, now: float | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        rules: Mapping[str, Rule],
+        stream_time: float,
+        now: float | None = None,
+        recent: RecentReads | None = None,
+    ) -> None:
         self.store = store
         self.rules = rules
         self.stream_time = stream_time
         self.now = now
+        self.recent = recent
+        # What the rules say, once per read (a page asks it for every window)
+        self._names = tuple(cause_rules(rules))
+        self._targeted = _targeted(rules)
+        self._targeted_ids = tuple(sorted(self._targeted))
+        self._slack = max_slack(rules.values())
+
+    async def _read(self, query: IncidentQuery) -> list[IncidentRow]:
+        if self.recent is None:
+            return await _read_all(self.store, query)
+        # The wall clock only decides silence expiry: within the cache's second it is the same answer.
+        return await self.recent.get(("read", replace(query, now=None)), lambda: _read_all(self.store, query), len)
 
     async def open_through_symptoms(self) -> list[IncidentRow]:
         """The cause incidents a symptom can hold open: up the chains of the open incidents a cause targets.
         (A root is open while any of its symptoms is, whatever its own status.)"""
-        targeted = tuple(sorted(_targeted(self.rules)))
+        targeted = self._targeted_ids
         if not targeted:
             return []
         query = IncidentQuery(statuses=(Status.OPEN,), rules=targeted, stream_time=self.stream_time, now=self.now)
-        return await self.causes_near(await _read_all(self.store, query))
+        if self.recent is None:
+            return await self.causes_near(await _read_all(self.store, query))
+
+        async def read() -> list[IncidentRow]:
+            return await self.causes_near(await _read_all(self.store, query))
+
+        return await self.recent.get(("open", targeted, self.stream_time), read, len)
 
     async def causes_near(self, focus: Iterable[IncidentRow]) -> list[IncidentRow]:
         """The cause incidents that can explain ``focus``, and theirs up the chain: only those whose window can
         hold a focus row's first occurrence (read per cluster over the merged windows of the rows a cause rule
         targets), so a read costs what its page touches, not every cause incident the store holds."""
-        names = cause_rules(self.rules)
+        names = self._names
         if not names:
             return []
-        slack = max_slack(self.rules.values())
-        targeted = _targeted(self.rules)
+        slack = self._slack
+        targeted = self._targeted
         found: dict[str, IncidentRow] = {}
         pending = [r for r in focus if r.rule_id in targeted]
         looked: set[tuple[str, float]] = set()
@@ -111,14 +196,14 @@ class CauseReader:
             for cluster, spans in sorted(windows.items()):
                 for lo, hi in _reads(spans):
                     query = IncidentQuery(
-                        rules=tuple(names),
+                        rules=names,
                         cluster=cluster,
                         since=lo,
                         until=hi,
                         stream_time=self.stream_time,
                         now=self.now,
                     )
-                    for row in await _read_all(self.store, query):
+                    for row in await self._read(query):
                         if row.id not in found:
                             found[row.id] = row
                             fresh.append(row)
@@ -137,18 +222,48 @@ class CauseReader:
         for row in causes:
             rows.setdefault(row.id, row)
         grouping = group(_spans(rows.values()), self.rules)
-        if not affected:
+        roots = [r for r in focus if r.id not in grouping.root and _causes(self.rules, r) is not None]
+        if not affected or not roots:
             return CauseView(grouping, rows)
-        # The roots among ``focus`` that can have symptoms, and every cause incident under them: their windows,
-        # widened as causes under them are found there (CA secret -> signing errors -> their own symptoms).
-        roots = {r.id for r in focus if r.id not in grouping.root and _causes(self.rules, r) is not None}
-        targeted = tuple(sorted(_targeted(self.rules)))
+        # Each root's symptoms apart: what a root affects depends on the incidents of its own windows only, and
+        # the same roots come back on page after page (cached per root and stream time with ``recent``).
+        parent, root_of = dict(grouping.parent), dict(grouping.root)
+        symptoms, covered = dict(grouping.symptoms), dict(grouping.affected)
+        for root in roots:
+            under = await self._under(root)
+            for row in under.rows.values():
+                rows.setdefault(row.id, row)
+            symptoms[root.id] = under.grouping.symptoms.get(root.id, ())
+            covered[root.id] = under.grouping.affected_of(root.id)
+            for sid in symptoms[root.id]:
+                root_of[sid] = root.id
+                parent[sid] = under.grouping.parent[sid]
+        return CauseView(Grouping(parent, root_of, symptoms, covered), rows)
+
+    async def _under(self, root: IncidentRow) -> CauseView:
+        """The grouping of ``root`` and every incident its windows can hold: its symptoms and their causes."""
+        if self.recent is None:
+            return await self._read_under(root)
+        spec = _causes(self.rules, root)
+        settled = spec is not None and root.last_seen + spec.slack + SETTLE < self.stream_time
+        # Once settled, the same answer at any stream time but for the symptoms' statuses (kept settled_ttl).
+        key = ("under", root.id, root.first_seen, root.last_seen, None if settled else self.stream_time)
+        return await self.recent.get(key, lambda: self._read_under(root), lambda v: len(v.rows), settled=settled)
+
+    async def _read_under(self, root: IncidentRow) -> CauseView:
+        rows: dict[str, IncidentRow] = {root.id: root}
+        for row in await self.causes_near([root]):
+            rows.setdefault(row.id, row)
+        grouping = group(_spans(rows.values()), self.rules)
+        # The root's window and those of the cause incidents under it, widened as causes under it are found
+        # there (CA secret -> signing errors -> their own symptoms).
+        targeted = self._targeted_ids
         read: dict[str, tuple[float, float]] = {}
         for _ in range(MAX_CHAIN):
             windows: dict[str, tuple[float, float]] = {}
             for row in rows.values():
                 spec = _causes(self.rules, row)
-                if spec is None or grouping.root.get(row.id, row.id) not in roots:
+                if spec is None or grouping.root.get(row.id, row.id) != root.id:
                     continue
                 lo, hi = row.first_seen - spec.slack, row.last_seen + spec.slack
                 known = windows.get(row.key.cluster)
@@ -168,7 +283,9 @@ class CauseReader:
             for row in [*inside, *await self.causes_near(inside)]:
                 rows.setdefault(row.id, row)
             grouping = group(_spans(rows.values()), self.rules)
-        return CauseView(grouping, rows)
+        # Kept: the root and what is under it (the window's other incidents were read only to be ruled out).
+        kept = {root.id, *grouping.symptoms.get(root.id, ())}
+        return CauseView(grouping, {i: r for i, r in rows.items() if i in kept})
 
 
 async def open_roots(store: Store, rules: Mapping[str, Rule], stream_time: float) -> list[tuple[str, str, int]]:
@@ -195,12 +312,15 @@ async def open_roots(store: Store, rules: Mapping[str, Rule], stream_time: float
 
 
 def _targeted(rules: Mapping[str, Rule]) -> frozenset[str]:
-    """Ids of the rules some rule's ``causes`` targets (by id, or by category)."""
-    causers = [r for r in rules.values() if r.causes is not None]
+    """Ids of the rules some rule's ``causes`` targets (by id, or by category), a rule never its own target."""
+    causers = [(rid, r.causes) for rid, r in rules.items() if r.causes is not None]
+    ids = {t for _, c in causers for t in c.rules}
+    categories = {cat.value for _, c in causers for cat in c.categories}
     return frozenset(
         rid
         for rid, rule in rules.items()
-        if any(c.id != rid and c.causes is not None and c.causes.targets(rid, rule.category.value) for c in causers)
+        if (rid in ids or rule.category.value in categories)
+        and any(other != rid and c.targets(rid, rule.category.value) for other, c in causers)
     )
 
 
@@ -226,4 +346,4 @@ def _causes(rules: Mapping[str, Rule], row: IncidentRow) -> Causes | None:
     return None if rule is None else rule.causes
 
 
-__all__ = ["NOTHING", "CauseReader", "CauseView", "open_roots"]
+__all__ = ["NOTHING", "CauseReader", "CauseView", "RecentReads", "open_roots"]

@@ -58,6 +58,17 @@ _V4_UPDATED = (
 # Whether analyzer_transients_suppressed_total has counted the incident: claimed once, by one replica.
 _V5_SUPPRESSION = ("ALTER TABLE incidents ADD COLUMN suppression_counted INTEGER NOT NULL DEFAULT 0",)
 
+# Version 6: the equality filters followed by the page's whole order (last_seen DESC, id DESC). Without the id,
+# SQLite preferred the namespace index, which orders fully, and walked a whole namespace for one workload's page.
+_V6_ORDERED = (
+    "DROP INDEX incidents_workload",
+    "CREATE INDEX incidents_workload_recent ON incidents (namespace, workload, last_seen DESC, id DESC)",
+    "DROP INDEX incidents_category",
+    "CREATE INDEX incidents_category_severity_recent ON incidents (category, severity, last_seen DESC, id DESC)",
+    "DROP INDEX incidents_severity",
+    "CREATE INDEX incidents_severity_recent ON incidents (severity, last_seen DESC, id DESC)",
+)
+
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -107,6 +118,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "ack comments; aliases of incidents merged into another", _V3_IDENTITY),
     Migration(4, "when each incident and alias was last written", tuple(x.format(real="REAL") for x in _V4_UPDATED)),
     Migration(5, "suppressed transients counted once", _V5_SUPPRESSION),
+    Migration(6, "filter indexes in the page's order", _V6_ORDERED),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -164,6 +176,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         tuple(x.format(real="DOUBLE PRECISION") for x in _V4_UPDATED),
     ),
     Migration(5, "suppressed transients counted once", _V5_SUPPRESSION),
+    Migration(6, "filter indexes in the page's order", _V6_ORDERED),
 )
 
 

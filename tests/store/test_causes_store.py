@@ -3,11 +3,13 @@ its cluster inside its window, and the open-root counts (analyzer/store/causes.p
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from analyzer.catalogue import load_catalogue
 from analyzer.store import IncidentQuery, Store
-from analyzer.store.causes import CauseReader, open_roots
+from analyzer.store.causes import CauseReader, RecentReads, open_roots
 from analyzer.types import Changes, Evidence, IncidentKey, Interval, Status
 from tests.conftest import PATTERNS
 
@@ -105,17 +107,79 @@ async def test_a_page_is_grouped_as_the_whole_store_is(store: Store) -> None:
             rows += (await store.list_incidents(IncidentQuery(cluster=cluster, limit=1000, stream_time=at))).items
         whole = group([Span(r.id, r.rule_id, r.key, r.first_seen, r.last_seen, r.pods) for r in rows], RULES)
         chained += sum(1 for sid, parent in whole.parent.items() if whole.root[sid] != parent)
+        recent = RecentReads(ttl=3600.0)
         for cluster in clusters:
             cursor = None
             while True:
                 page = await store.list_incidents(
                     IncidentQuery(cluster=cluster, limit=7, cursor=cursor, stream_time=at)
                 )
-                view = await CauseReader(store, RULES, at).view(page.items)
-                for row in page.items:
-                    assert view.caused_by(row.id) == whole.caused_by(row.id), (scenario, row.rule_id)
-                    if row.id in whole.symptoms:
-                        assert view.affected(row.id) == whole.affected_of(row.id), (scenario, row.rule_id)
+                # alone, and sharing what it read with the pages before (as the API's requests do)
+                for reader in (CauseReader(store, RULES, at), CauseReader(store, RULES, at, recent=recent)):
+                    view = await reader.view(page.items)
+                    for row in page.items:
+                        assert view.caused_by(row.id) == whole.caused_by(row.id), (scenario, row.rule_id)
+                        if row.id in whole.symptoms:
+                            assert view.affected(row.id) == whole.affected_of(row.id), (scenario, row.rule_id)
+                            assert set(whole.symptoms[row.id]) == {s.id for s in view.symptoms(row.id)}
                 if (cursor := page.next_cursor) is None:
                     break
     assert chained > 0, "some symptoms' roots are causes of their causes"
+
+
+async def test_recent_reads_keep_a_read_for_their_ttl_and_within_their_rows() -> None:
+    clock = [0.0]
+    recent = RecentReads(ttl=1.0, max_rows=5, clock=lambda: clock[0])
+    reads: list[str] = []
+
+    def reader(key: str, rows: int) -> Callable[[], Awaitable[list[int]]]:
+        async def read() -> list[int]:
+            reads.append(key)
+            return list(range(rows))
+
+        return read
+
+    assert await recent.get("a", reader("a", 2), len) == [0, 1]
+    await recent.get("a", reader("a", 2), len)
+    assert reads == ["a"], "within the second: read once"
+    clock[0] = 1.0
+    await recent.get("a", reader("a", 2), len)
+    assert reads == ["a", "a"], "a second later: read again"
+    await recent.get("b", reader("b", 3), len)  # 2 + 3 rows: both kept
+    await recent.get("c", reader("c", 1), len)  # 6 rows: the oldest ("a") goes
+    await recent.get("b", reader("b", 3), len)
+    await recent.get("a", reader("a", 2), len)
+    assert reads == ["a", "a", "b", "c", "a"]
+    await recent.get("big", reader("big", 6), len)
+    await recent.get("big", reader("big", 6), len)
+    assert reads[-2:] == ["big", "big"], "more rows than the bound: never kept"
+
+
+async def test_recent_reads_survive_requests_that_interleave() -> None:
+    """A read in flight while another request sweeps its expired key away (seen under load as a KeyError)."""
+    import asyncio
+
+    clock = [0.0]
+    recent = RecentReads(ttl=1.0, clock=lambda: clock[0])
+    release = asyncio.Event()
+
+    async def slow() -> list[int]:
+        await release.wait()
+        return [1]
+
+    async def quick() -> list[int]:
+        return [2]
+
+    await recent.get("other", quick, len)  # t=0: the next sweep is due at t=1
+    clock[0] = 0.5
+    await recent.get("k", quick, len)  # expires at 1.5
+    clock[0] = 1.0
+    await recent.get("other", quick, len)  # sweeps; the next sweep is due at t=2
+    clock[0] = 1.6
+    in_flight = asyncio.ensure_future(recent.get("k", slow, len))  # expired, not yet swept: read again
+    await asyncio.sleep(0)
+    clock[0] = 2.1
+    assert await recent.get("other", quick, len) == [2]  # sweeps "k" away meanwhile
+    release.set()
+    assert await in_flight == [1]
+    assert await recent.get("k", quick, len) == [1], "the fresh read is kept"
