@@ -84,6 +84,8 @@ class KafkaIngest:
         self._last_probe = 0.0
         self._store_backoff = 0.0  # seconds slept after the last failed write; 0 while writes succeed
         self._frozen_with: Pipeline | None = None  # the pipeline (catalogue) in place when the heap was frozen
+        self._advising: asyncio.Task[None] | None = None  # the advisory Kafka commit in flight
+        self._advice: dict[TopicPartition, int] = {}  # positions stored but not yet sent to Kafka
 
     # -- readiness ------------------------------------------------------------------------------------------
 
@@ -96,6 +98,7 @@ class KafkaIngest:
     def forget(self, partitions: Any) -> None:
         for tp in partitions:
             self._book.pop(tp, None)
+            self._advice.pop(tp, None)
         # A revoked partition's lag is no longer ours to report: a frozen series would sum with the new owner's.
         self.metrics.drop_partitions((tp.topic, tp.partition) for tp in partitions)
 
@@ -192,6 +195,7 @@ class KafkaIngest:
             try:
                 await self._loop(consumer, stop)
             finally:
+                await self._last_advice(consumer)
                 self._consumer = None
                 self.forget(list(self._book))  # and their lag series: this consumer owns nothing now
                 await _close(consumer)
@@ -311,12 +315,34 @@ class KafkaIngest:
             intervals=len(result.intervals),
             partitions=len(offsets),
         )
-        try:
-            await asyncio.wait_for(
-                consumer.commit({TopicPartition(u.topic, u.partition): u.next for u in offsets}), COMMIT_TIMEOUT
-            )
-        except (KafkaError, TimeoutError) as exc:  # advisory only: the store holds the truth
-            log.debug("advisory kafka commit failed", error=str(exc) or type(exc).__name__)
+        self._advise(consumer, {TopicPartition(u.topic, u.partition): u.next for u in offsets})
+
+    def _advise(self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:
+        """Kafka's committed offsets, for lag tooling only (the store holds the truth): sent in the background,
+        one at a time, so the next batch does not wait a broker round trip. Positions not sent yet are merged
+        into the next commit; a commit that fails is not retried (the next batch's carries newer offsets)."""
+        self._advice.update(positions)
+        if self._advising is not None and not self._advising.done():
+            return
+        advice, self._advice = self._advice, {}
+
+        async def commit() -> None:
+            try:
+                await asyncio.wait_for(consumer.commit(advice), COMMIT_TIMEOUT)
+            except (KafkaError, TimeoutError) as exc:
+                log.debug("advisory kafka commit failed", error=str(exc) or type(exc).__name__)
+
+        self._advising = asyncio.get_running_loop().create_task(commit())
+
+    async def _last_advice(self, consumer: AIOKafkaConsumer) -> None:
+        """Before leaving the group: the commit in flight finished, and the positions not sent yet sent."""
+        if self._advising is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._advising  # bounded by COMMIT_TIMEOUT, never raises KafkaError
+            self._advising = None
+        if self._advice:
+            self._advise(consumer, {})
+            await self._last_advice(consumer)
 
     def _count(self, result: Any, rules: Mapping[str, Rule]) -> None:
         for reason, n in result.rejected.items():

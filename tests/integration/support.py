@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from analyzer.broker import ensure_topics, free_port
 from analyzer.store import IncidentQuery, IncidentRow, Store, open_store
@@ -458,6 +458,17 @@ def wait_consumed(
         time.sleep(0.05)
     tails = "\n---\n".join(s.log_tail() for s in running)
     raise AssertionError(f"not consumed within {timeout}s: stored {stored}, ends {dict(ends)}\n{tails}")
+
+
+def kafka_committed(bootstrap: str, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The group's committed offsets in Kafka (the service's advisory commits, for lag tooling), read with
+    librdkafka as lag exporters do; partitions with none are left out."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+    finally:
+        consumer.close()
 
 
 def poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.1, what: str = "condition") -> None:

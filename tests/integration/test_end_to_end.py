@@ -23,7 +23,9 @@ from tests.integration.support import (
     create_topic,
     fluent_bit_record,
     istiod_pod,
+    kafka_committed,
     mixed_stream,
+    poll,
     produce,
     wait_consumed,
 )
@@ -117,6 +119,12 @@ def test_apiserver_burst_suppressed_recurring_open(
     )
     view = open_view(sqlite_url)
     wait_consumed(view, group, topic, produced.ends, [service])
+    # Kafka's committed offsets follow the store's (sent in the background, after each stored batch).
+    poll(
+        lambda: kafka_committed(broker.bootstrap, group, topic, produced.ends) == produced.ends,
+        10,
+        what=f"advisory commits at {produced.ends}",
+    )
 
     def incident(revision: str, stream_time: float) -> tuple[Status, int, float, float]:
         rows = [r for r in view.incidents(stream_time) if r.key.workload == f"istiod-{revision}"]
