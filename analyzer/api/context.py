@@ -63,6 +63,7 @@ class ApiContext:
     active_streams: int = 0  # open /v1/incidents/stream responses
     recent: RecentReads = field(default_factory=RecentReads)  # the cause grouping's reads, shared for a second
     _rules_of: tuple[Catalogue, Mapping[str, Rule]] | None = None
+    _with_templates: tuple[Mapping[str, Rule], Mapping[str, Rule] | None, int, Mapping[str, Rule]] | None = None
 
     @property
     def catalogue(self) -> Catalogue:
@@ -75,7 +76,15 @@ class ApiContext:
         if cached is None or cached[0] is not catalogue:
             cached = (catalogue, catalogue.by_id())
             self._rules_of = cached
-        return with_rules(cached[1], self.catalogues.template_rules())  # and the unclassified templates known here
+        # and the unclassified templates known here: the same mapping while no template comes or goes, so what
+        # is derived from the rules per mapping (the cause grouping's rule sets) is derived once, not per request
+        templates = self.catalogues.template_rules()
+        known = self._with_templates
+        size = len(templates) if templates else 0
+        if known is None or known[0] is not cached[1] or known[1] is not templates or known[2] != size:
+            known = (cached[1], templates, size, with_rules(cached[1], templates))
+            self._with_templates = known
+        return known[3]
 
     async def store_call(self, call: Awaitable[T]) -> T:
         """A store call bounded by the store timeout; failures become 503, never a 500."""

@@ -147,11 +147,7 @@ class CauseReader:
         self.stream_time = stream_time
         self.now = now
         self.recent = recent
-        # What the rules say, once per read (a page asks it for every window)
-        self._names = tuple(cause_rules(rules))
-        self._targeted = _targeted(rules)
-        self._targeted_ids = tuple(sorted(self._targeted))
-        self._slack = max_slack(rules.values())
+        self._names, self._targeted, self._targeted_ids, self._slack = _facts(rules)
 
     async def _read(self, query: IncidentQuery) -> list[IncidentRow]:
         if self.recent is None:
@@ -309,6 +305,23 @@ async def open_roots(store: Store, rules: Mapping[str, Rule], stream_time: float
         if root_row is not None:
             counts[(root_row.category, worst)] = counts.get((root_row.category, worst), 0) + 1
     return [(category, sev, n) for (category, sev), n in sorted(counts.items())]
+
+
+_Facts = tuple[tuple[str, ...], frozenset[str], tuple[str, ...], float]
+_last_facts: tuple[Mapping[str, Rule], _Facts] | None = None
+
+
+def _facts(rules: Mapping[str, Rule]) -> _Facts:
+    """The cause rules, the rules they target (as a set and sorted) and the widest slack: derived once per rules
+    mapping (the API hands the same one to its requests until the catalogue or its templates change)."""
+    global _last_facts
+    last = _last_facts
+    if last is not None and last[0] is rules:
+        return last[1]
+    targeted = _targeted(rules)
+    facts = (tuple(cause_rules(rules)), targeted, tuple(sorted(targeted)), max_slack(rules.values()))
+    _last_facts = (rules, facts)
+    return facts
 
 
 def _targeted(rules: Mapping[str, Rule]) -> frozenset[str]:
