@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     kafka_topics: Annotated[tuple[str, ...], NoDecode] = ("istio-logs",)
     kafka_group: str = "mesh-analyzer"
     kafka_client_id: str = "mesh-analyzer"
-    kafka_max_records: int = Field(default=5000, ge=1, description="records per getmany batch")
+    kafka_max_records: int = Field(default=20000, ge=1, description="records per getmany batch (at most)")
     kafka_fetch_timeout: float = Field(default=0.5, gt=0, description="seconds getmany waits for data")
     kafka_request_timeout: float = Field(default=15.0, gt=0)
     kafka_session_timeout: float | None = Field(
