@@ -636,7 +636,7 @@ def corpus_section(
         rows.append(
             Row(
                 fb,
-                "engine floor: prefilter literal DB, one scan over all records",
+                "engine floor: prefilter window DB, one scan over all records",
                 t,
                 len(values),
                 record_bytes,
@@ -812,9 +812,18 @@ def compare_catalogues(
 
 def _prefilter_hits(compiled: CompiledCatalogue, values: Sequence[bytes]) -> dict[bytes, set[int]]:
     """Literal -> indices of the raw records containing it (the candidates each literal causes)."""
-    forms = compiled.prefilter_forms  # in the prefilter database's id order
+    forms = compiled.prefilter_forms
     hits: dict[bytes, set[int]] = {}
-    db = compiled.prefilter
+    # The full forms (the prefilter database holds windows of the long ones), in ``forms`` order.
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(
+        expressions=[form for form, _ in forms],
+        ids=list(range(len(forms))),
+        elements=len(forms),
+        flags=[hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in forms],
+        literal=True,
+    )
+    db.scratch = hyperscan.Scratch(db)
     for a in range(0, len(values), 4096):
         chunk = values[a : a + 4096]
         starts = np.zeros(len(chunk), dtype=np.int64)

@@ -17,10 +17,11 @@ import hyperscan
 from analyzer.errors import CatalogueError, RuleProblem
 from analyzer.match.literals import can_cross_newline, fragment_options, trailing_unbounded_repeat, variants
 from analyzer.match.ordinary import SAMPLE_VERSION, literal_rates
+from analyzer.match.windows import Windowed, choose_windows, compile_windows
 from analyzer.types import Catalogue, Expression
 
 # Bump when the way databases are built changes, so stale cache entries are never loaded.
-_BUILD_VERSION = "3"
+_BUILD_VERSION = "4"
 # A prefilter literal found in more of the ordinary-traffic sample than this is refused: on some traffic mix
 # it would make the prefilter decode most records for nothing.
 COMMON_RATE = 0.01
@@ -55,15 +56,17 @@ class CompiledCatalogue:
 
     ``db`` is the exact database over decoded log text; ``prefilter`` is a literal database over raw
     JSON-encoded records: every expression's match implies one of its required ``literals``, none of which
-    contains a character a JSON encoder escapes, so a record without a literal hit cannot match.
+    contains a character a JSON encoder escapes, so a record without a literal hit cannot match. It holds a
+    window of each long literal (``windows``); ``windowed`` confirms a window's hit against the full forms.
     """
 
     def __init__(
         self,
         entries: Sequence[Entry],
         db: Any,
-        prefilter: Any,
+        windowed: Windowed,
         literals: Sequence[tuple[bytes, bool]],
+        windows: Sequence[tuple[bytes, bool, bytes]],
         key: str,
         from_cache: bool,
         excludes: Mapping[str, tuple[re.Pattern[bytes], ...]] | None = None,
@@ -73,8 +76,10 @@ class CompiledCatalogue:
         self.excludes: Mapping[str, tuple[re.Pattern[bytes], ...]] = dict(excludes or {})
         self.owners = tuple(e.owner for e in entries)
         self.db = db
-        self.prefilter = prefilter
+        self.windowed = windowed
+        self.prefilter = windowed.db
         self.literals = tuple(literals)  # (literal, caseless), one set per expression
+        self.windows = tuple(windows)  # (form, caseless, window): one per prefilter form
 
         self.key = key
         self.from_cache = from_cache
@@ -255,9 +260,12 @@ def compile_catalogue(
     exact_path, pre_path = cache / f"{key}.exact.hsdb", cache / f"{key}.prefilter.hsdb"
     literals_path = cache / f"{key}.literals.json"
 
-    db, prefilter, literals = _load_cached(exact_path), _load_cached(pre_path), _load_literals(literals_path)
-    from_cache = db is not None and prefilter is not None and literals is not None
-    if not from_cache:
+    db, prefilter, cached = _load_cached(exact_path), _load_cached(pre_path), _load_literals(literals_path)
+    from_cache = db is not None and prefilter is not None and cached is not None
+    if cached is not None and prefilter is not None and from_cache:
+        literals, windows = cached
+        windowed = compile_windows(windows, prefilter)
+    else:
         # Checked before the (slower) compile: a refused literal is the more useful message.
         literals, problems = prefilter_literals(entries)
         if problems:
@@ -270,34 +278,48 @@ def compile_catalogue(
                 problems = [RuleProblem("<catalogue>", None, f"Hyperscan cannot compile the catalogue: {exc}")]
             raise CatalogueError(problems) from exc
         db.scratch = hyperscan.Scratch(db)
+        # The same forms as CompiledCatalogue.prefilter_forms, each as its window.
         encoded = [(form, caseless) for lit, caseless in literals for form in variants(lit)]
-        prefilter = _compile(  # the same forms as CompiledCatalogue.prefilter_forms
-            [form for form, _ in encoded],
-            [hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in encoded],
-            literal=True,
-        )
-        prefilter.scratch = hyperscan.Scratch(prefilter)
+        chosen = choose_windows(encoded)
+        windows = [(form, caseless, chosen[(form, caseless)]) for form, caseless in encoded]
+        windowed = compile_windows(windows)
         _store_cached(exact_path, db)
-        _store_cached(pre_path, prefilter)
-        _store_literals(literals_path, literals)
-    assert literals is not None
-    return CompiledCatalogue(entries, db, prefilter, literals, key, from_cache, _excludes(catalogue))
+        _store_cached(pre_path, windowed.db)
+        _store_literals(literals_path, literals, windows)
+    return CompiledCatalogue(entries, db, windowed, literals, windows, key, from_cache, _excludes(catalogue))
 
 
-def _load_literals(path: Path) -> list[tuple[bytes, bool]] | None:
+_Cached = tuple[list[tuple[bytes, bool]], list[tuple[bytes, bool, bytes]]]
+
+
+def _load_literals(path: Path) -> _Cached | None:
     try:
         raw = json.loads(path.read_text())
-        return [(bytes.fromhex(lit), bool(caseless)) for lit, caseless in raw]
-    except (OSError, ValueError, TypeError):
+        literals = [(bytes.fromhex(lit), bool(caseless)) for lit, caseless in raw["literals"]]
+        windows = [
+            (bytes.fromhex(form), bool(caseless), bytes.fromhex(window)) for form, caseless, window in raw["windows"]
+        ]
+        return literals, windows
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 
-def _store_literals(path: Path, literals: Sequence[tuple[bytes, bool]]) -> None:
+def _store_literals(
+    path: Path,
+    literals: Sequence[tuple[bytes, bool]],
+    windows: Sequence[tuple[bytes, bool, bytes]],
+) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".literals-")
         with os.fdopen(fd, "w") as fh:
-            json.dump([[lit.hex(), caseless] for lit, caseless in literals], fh)
+            json.dump(
+                {
+                    "literals": [[lit.hex(), caseless] for lit, caseless in literals],
+                    "windows": [[form.hex(), caseless, window.hex()] for form, caseless, window in windows],
+                },
+                fh,
+            )
         os.replace(tmp, path)
     except OSError:
         pass  # the cache is an optimisation

@@ -18,6 +18,7 @@ import hyperscan
 
 from analyzer.match.compiler import CompiledCatalogue
 from analyzer.match.scanner import IndexArray, scan_batches, screen_and_scan
+from analyzer.match.windows import compile_windows
 
 _WORD = "(?:error|fatal|critical)"
 LEVEL_EXPRESSIONS: tuple[str, ...] = (
@@ -74,18 +75,10 @@ class CombinedPrefilter:
     """
 
     def __init__(self, compiled: CompiledCatalogue) -> None:
-        # The forms the catalogue's prefilter looks for (a literal with a quote also JSON-escaped).
-        merged = sorted(set(compiled.prefilter_forms) | {(lit, False) for lit in LEVEL_LITERALS})
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        db.compile(
-            expressions=[lit for lit, _ in merged],
-            ids=list(range(len(merged))),
-            elements=len(merged),
-            flags=[hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in merged],
-            literal=True,
-        )
-        db.scratch = hyperscan.Scratch(db)
-        self._db = db
+        # The catalogue's prefilter forms as their windows (a hit confirmed against the full forms), and the
+        # level literals as they are.
+        entries = set(compiled.windows) | {(lit, False, lit) for lit in LEVEL_LITERALS}
+        self._db = compile_windows(sorted(entries))
 
     def __call__(self, records: Sequence[bytes]) -> IndexArray:
         return scan_batches(self._db, records)

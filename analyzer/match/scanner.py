@@ -8,7 +8,6 @@ produce false matches, and the batch scan cannot miss one (a match inside a line
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzer.match.compiler import CompiledCatalogue
+from analyzer.match.windows import Windowed
 
 # 1-5k lines (0.3-3 MB) keep a batch in cache; far larger batches were measured slower (DESIGN.md).
 BATCH_BYTES = 1 << 20
@@ -23,6 +23,7 @@ BATCH_LINES = 4096
 
 IndexArray = npt.NDArray[np.intp]
 _ID_BITS = 20  # expression ids packed under the end offset: one int per match event, cheap in the callback
+_ID_MASK = (1 << _ID_BITS) - 1
 
 
 def _collect_end(_id: int, _from: int, to: int, _flags: int, ends: list[int]) -> None:
@@ -37,26 +38,24 @@ def _collect_id(expr_id: int, _from: int, _to: int, _flags: int, ids: set[int]) 
     ids.add(expr_id)
 
 
-def _line_starts(lines: Sequence[bytes]) -> npt.NDArray[np.int64]:
-    n = len(lines)
-    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=n)
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(lengths[:-1] + 1, out=starts[1:])
-    return starts
-
-
-def _cuts(starts: npt.NDArray[np.int64]) -> list[int]:
-    n = len(starts)
-    byte_cuts = np.searchsorted(starts, np.arange(BATCH_BYTES, int(starts[-1]) + 1, BATCH_BYTES))
-    line_cuts = np.arange(BATCH_LINES, n, BATCH_LINES)
-    return list(np.unique(np.concatenate(([0, n], byte_cuts, line_cuts))).tolist())
-
-
-def _chunks(lines: Sequence[bytes]) -> Iterator[tuple[int, bytes, npt.NDArray[np.int64]]]:
-    """(index of the chunk's first line, the chunk's lines joined with \\n, where each starts in it)."""
-    starts = _line_starts(lines)
-    for a, b in itertools.pairwise(_cuts(starts)):
-        yield a, b"\n".join(lines[a:b]), starts[a:b] - starts[a]
+def _chunks(lines: Sequence[bytes]) -> Iterator[tuple[int, bytes, npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """(index of the chunk's first line, the chunk's lines joined with \\n, where each starts in it, their
+    lengths). A chunk holds up to BATCH_LINES lines and about BATCH_BYTES: its line count is set from the mean
+    length of the lines before it (or of the first few). The lengths are read after the join, while the lines
+    are in cache: reading them first, for the whole batch, costs a cache miss per line."""
+    n, a = len(lines), 0
+    head = lines[:64]
+    mean = (sum(map(len, head)) + len(head)) / max(len(head), 1)
+    while a < n:
+        b = min(n, a + max(1, min(BATCH_LINES, int(BATCH_BYTES / max(mean, 1.0)))))
+        part = lines[a:b]
+        joined = b"\n".join(part)
+        lengths = np.array(list(map(len, part)), dtype=np.int64)
+        starts = np.zeros(b - a, dtype=np.int64)
+        np.cumsum(lengths[:-1] + 1, out=starts[1:])
+        yield a, joined, starts, lengths
+        mean = (len(joined) + 1) / (b - a)
+        a = b
 
 
 def _hit_lines(db: Any, joined: bytes, local: npt.NDArray[np.int64]) -> IndexArray | None:
@@ -68,13 +67,53 @@ def _hit_lines(db: Any, joined: bytes, local: npt.NDArray[np.int64]) -> IndexArr
     return np.unique(np.searchsorted(local, np.asarray(ends, dtype=np.int64) - 1, side="right") - 1)
 
 
-def scan_batches(db: Any, lines: Sequence[bytes]) -> IndexArray:
-    """Indices of lines where a batch scan reported a match end (a superset of the matching lines)."""
+def _confirmed_lines(windowed: Windowed, joined: bytes, local: npt.NDArray[np.int64]) -> IndexArray | None:
+    """``_hit_lines`` for a windowed database: a window's hit counts if a full form it was cut from lies
+    around it (``joined.startswith`` at the form's start, given the window's place in it: no search of the
+    line). The same lines as a scan for the full forms would give."""
+    pairs: list[int] = []
+    windowed.db.scan(joined, match_event_handler=_collect_pair, context=pairs)
+    if not pairs:
+        return None
+    packed = np.asarray(pairs, dtype=np.int64)
+    ends = packed >> _ID_BITS
+    line = np.searchsorted(local, ends - 1, side="right") - 1
+    ident = packed & _ID_MASK
+    need = windowed.needs[ident]
+    if not need.any():
+        return np.unique(line)
+    sure = np.unique(line[~need])
+    known = set(sure.tolist())
+    confirm = windowed.confirm
+    extra: list[int] = []
+    for end, i, at in zip(ends[need].tolist(), ident[need].tolist(), line[need].tolist(), strict=True):
+        if at in known:
+            continue
+        for form, back in confirm[i] or ():
+            start = end - back
+            if start >= 0 and joined.startswith(form, start):
+                known.add(at)
+                extra.append(at)
+                break
+    if not extra:
+        return sure if len(sure) else None
+    return np.union1d(sure, np.asarray(extra, dtype=np.intp))
+
+
+def _scan_chunk(target: Any, joined: bytes, local: npt.NDArray[np.int64]) -> IndexArray | None:
+    if isinstance(target, Windowed):
+        return _confirmed_lines(target, joined, local)
+    return _hit_lines(target, joined, local)
+
+
+def scan_batches(target: Any, lines: Sequence[bytes]) -> IndexArray:
+    """Indices of lines where a batch scan reported a match end (a superset of the matching lines).
+    ``target``: a Hyperscan database, or a ``Windowed`` one (hits confirmed against the full literals)."""
     if not lines:
         return np.empty(0, dtype=np.intp)
     found = []
-    for a, joined, local in _chunks(lines):
-        hit = _hit_lines(db, joined, local)
+    for a, joined, local, _ in _chunks(lines):
+        hit = _scan_chunk(target, joined, local)
         if hit is not None:
             found.append(hit + a)
     return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
@@ -84,19 +123,18 @@ _BLANK = np.zeros(256, dtype=bool)
 _BLANK[list(b" \t\n\r\x0b\x0c")] = True
 
 
-def screen_and_scan(db: Any, records: Sequence[bytes], max_bytes: int) -> tuple[IndexArray, IndexArray]:
+def screen_and_scan(target: Any, records: Sequence[bytes], max_bytes: int) -> tuple[IndexArray, IndexArray]:
     """``scan_batches`` plus the records worth a second look before decoding (empty, starting blank, larger
     than ``max_bytes``, or ``{`` not ending in ``}``), read off the joined chunk with numpy: no Python per
     record on the path every record takes."""
     if not records:
         return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp)
     found, suspects = [], []
-    for a, joined, local in _chunks(records):
-        hit = _hit_lines(db, joined, local)
+    for a, joined, local, lengths in _chunks(records):
+        hit = _scan_chunk(target, joined, local)
         if hit is not None:
             found.append(hit + a)
         buf = np.frombuffer(joined, dtype=np.uint8)
-        lengths = np.diff(local, append=len(joined) + 1) - 1
         if not len(buf):  # every record of the chunk is empty
             suspects.append(np.arange(len(local)) + a)
             continue
@@ -116,15 +154,13 @@ def _scan_pairs(db: Any, lines: Sequence[bytes]) -> list[tuple[int, list[int]]]:
     """(line index, sorted expression ids) from batch scans: exact when no expression spans a newline."""
     if not lines:
         return []
-    starts = _line_starts(lines)
     out: list[tuple[int, list[int]]] = []
-    for a, b in itertools.pairwise(_cuts(starts)):
+    for a, joined, local, _ in _chunks(lines):
         pairs: list[int] = []
-        db.scan(b"\n".join(lines[a:b]), match_event_handler=_collect_pair, context=pairs)
+        db.scan(joined, match_event_handler=_collect_pair, context=pairs)
         if not pairs:
             continue
         packed = np.asarray(pairs, dtype=np.int64)
-        local = starts[a:b] - starts[a]
         line = np.searchsorted(local, (packed >> _ID_BITS) - 1, side="right") - 1 + a
         ident = packed & ((1 << _ID_BITS) - 1)
         keys = np.unique(line * (1 << _ID_BITS) + ident)  # sorted by line, then expression id
@@ -186,11 +222,12 @@ class RecordPrefilter:
 
     A record is a candidate when it contains one of the required literal fragments (case as the expression
     asks). Candidates must then be decoded and checked with ``Matcher.one``; the rest cannot match. Every
-    expression has such literals: the compiler refuses one without (see ``prefilter_literals``).
+    expression has such literals: the compiler refuses one without (see ``prefilter_literals``). The scan
+    looks for a rare window of each long literal and confirms its hits (``analyzer.match.windows``).
     """
 
     def __init__(self, compiled: CompiledCatalogue) -> None:
-        self._db = compiled.prefilter
+        self._db = compiled.windowed
 
     def __call__(self, records: Sequence[bytes]) -> IndexArray:
         return scan_batches(self._db, records)
