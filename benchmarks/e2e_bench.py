@@ -78,6 +78,26 @@ OTHER_CPU = 1  # the broker, the producer, the latency poller
 # ------------------------------------------------------------------------------------------------- helpers
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def cpus() -> set[int]:
     return set(range(os.cpu_count() or 1))
 

@@ -41,31 +41,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus as corpus_mod  # noqa: E402
-from e2e_bench import make_records, produce  # noqa: E402
+from e2e_bench import cpu_seconds, machine_busy, make_records, produce  # noqa: E402
 
 from analyzer.broker import LocalBroker, ensure_topics, free_port  # noqa: E402
 from analyzer.store import open_store  # noqa: E402
 
 SERVE = Path(sys.executable).parent / "mesh-analyzer"
 TARGET_RATIO = 1.4  # issue 9 part 5: 2 workers >= 1.4x one worker on a 2-core machine
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (all cores; /proc/stat: everything but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / TICKS
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(") ", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 @dataclass
