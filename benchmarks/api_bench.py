@@ -7,15 +7,16 @@ consuming a backlog topic on the bundled broker (so it ingests flat out the whol
 ``GET /v1/incidents/{id}`` of known ids:
 
   idle      no HTTP load: the ingest rate to compare against
-  open loop 200 requests/s from an asyncio httpx generator, latency from each request's scheduled send time
-            (no coordinated omission: queueing in the service counts), the row the targets are checked on
+  open loop 200 requests/s from an asyncio generator (raw keep-alive HTTP/1.1), latency from each request's
+            scheduled send time (no coordinated omission: queueing in the service counts), the row the targets
+            are checked on
   paced     ~200 requests/s from wrk (closed loop: its Lua ``delay()`` makes each connection wait between
             requests, so a slow service gets fewer requests than asked, and queueing is not counted)
   max       wrk with no delay: the throughput ceiling
   idle      again, to check the ingest rate came back (and the backlog lasted)
 
 The ingest rate is analyzer_records_consumed_total over each window. Without ``wrk`` (apt-get install
-wrk) the max row comes from 16 httpx loops.
+wrk) the max row comes from 16 asyncio loops.
 
     .venv/bin/python benchmarks/api_bench.py --quick
     .venv/bin/python benchmarks/api_bench.py
@@ -221,26 +222,56 @@ def run_wrk(base: str, script: Path, seconds: float, connections: int, threads: 
     return Load(name, duration, requests, errors, float(f[7]) / 1000, float(f[8]) / 1000, float(f[9]) / 1000)
 
 
-async def _httpx_load(base: str, paths: Sequence[str], seconds: float, rate: float | None, name: str) -> Load:
-    """Fallback generator: open loop at ``rate`` (latency from the scheduled send time), or 16 closed loops."""
-    import httpx
+class _Connections:
+    """Keep-alive HTTP/1.1 connections for GET requests, raw asyncio streams: the generator shares a core with the
+    API under test, and an httpx client took 0.36 of that core in the open-loop window."""
 
+    def __init__(self, base: str, most: int = 64) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port or 80)
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.free = asyncio.Semaphore(most)
+
+    async def get(self, path: str) -> int:
+        async with self.free:
+            reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+            try:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+                status = int((await reader.readline()).split()[1])
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+            except BaseException:
+                writer.close()
+                raise
+            self.idle.append((reader, writer))
+            return status
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
+async def _asyncio_load(base: str, paths: Sequence[str], seconds: float, rate: float | None, name: str) -> Load:
+    """Open loop at ``rate`` (latency from the scheduled send time, so queueing counts), or 16 closed loops."""
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base, timeout=5.0, limits=limits) as client:
+    connections = _Connections(base)
 
-        async def one(path: str, scheduled: float) -> None:
-            nonlocal errors
-            try:
-                r = await client.get(path)
-                if r.status_code >= 400:
-                    errors += 1
-            except httpx.HTTPError:
+    async def one(path: str, scheduled: float) -> None:
+        nonlocal errors
+        try:
+            if await asyncio.wait_for(connections.get(path), 5.0) >= 400:
                 errors += 1
-            latencies.append(time.perf_counter() - scheduled)
+        except (OSError, ValueError, IndexError, TimeoutError, asyncio.IncompleteReadError):
+            errors += 1
+        latencies.append(time.perf_counter() - scheduled)
 
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    try:
         if rate is not None:
             tasks = []
             k = 0
@@ -260,7 +291,9 @@ async def _httpx_load(base: str, paths: Sequence[str], seconds: float, rate: flo
                     k += 16
 
             await asyncio.gather(*(loop(j) for j in range(16)))
-        took = time.perf_counter() - t0
+    finally:
+        connections.close()
+    took = time.perf_counter() - t0
     ms = [x * 1000 for x in latencies]
     return Load(name, took, len(ms), errors, e2e.percentile(ms, 50), e2e.percentile(ms, 99), max(ms, default=0.0))
 
@@ -367,7 +400,7 @@ def run_backend(
         result.idle_ingest = ingest_window(serve, windows["idle"])
         print(f"  [{backend}] idle ingest {e2e.fmt_rate(result.idle_ingest)} records/s", flush=True)
         phases: list[tuple[str, float, float | None, bool]] = [
-            (f"open loop {TARGET_RATE:.0f} req/s (httpx)", windows["paced"], TARGET_RATE, False),
+            (f"open loop {TARGET_RATE:.0f} req/s (asyncio)", windows["paced"], TARGET_RATE, False),
         ]
         if use_wrk:
             phases += [
@@ -375,7 +408,7 @@ def run_backend(
                 ("wrk max (no delay)", windows["max"], None, True),
             ]
         else:
-            phases.append(("httpx max (16 loops)", windows["max"], None, False))
+            phases.append(("asyncio max (16 loops)", windows["max"], None, False))
         for name, seconds, rate, with_wrk in phases:
             if serve.proc.poll() is not None:
                 raise RuntimeError(f"the service exited with {serve.proc.returncode}\n{serve.tail()}")
@@ -390,7 +423,7 @@ def run_backend(
                 wrk_script(script, paths, delay)
                 load = run_wrk(base, script, seconds, connections, 2, e2e.OTHER_CPU, name)
             else:
-                load = asyncio.run(_httpx_load(base, paths, seconds, rate, name))
+                load = asyncio.run(_asyncio_load(base, paths, seconds, rate, name))
             after, t1 = serve.metric("analyzer_records_consumed_total"), time.perf_counter()
             load.ingest_per_s = (after - before) / (t1 - t0)
             # Where the CPU went in the window (a core is 1.0): what a latency figure alone cannot say.
@@ -478,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backlog", type=int, default=8_000_000, help="records queued for the consumer")
     p.add_argument("--quick", action="store_true", help="short windows, smaller backlog")
     p.add_argument("--backends", default="sqlite,postgresql")
-    p.add_argument("--no-wrk", action="store_true", help="use the httpx generator even if wrk is installed")
+    p.add_argument("--no-wrk", action="store_true", help="use the asyncio generator even if wrk is installed")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument(
         "--cause-share",
@@ -506,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"api_bench: {time.strftime('%Y-%m-%d %H:%M:%S')}  python {platform.python_version()}  "
         f"{os.cpu_count()} CPUs  load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    generator = "wrk (Debian, plain) and an httpx open loop" if use_wrk else "httpx (asyncio)"
+    generator = "wrk (Debian, plain) and an asyncio open loop" if use_wrk else "asyncio (raw HTTP/1.1)"
     print(
         f"load generator: {generator}; `serve` pinned to CPU {e2e.MEASURE_CPU}, "
         f"broker and load generator to CPU {e2e.OTHER_CPU}"
@@ -521,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     broker = LocalBroker(log_path=workdir / "broker.log").start()
     assert broker.process is not None
     e2e.pin_process(broker.process.pid, {e2e.OTHER_CPU})
-    # This process (producer, httpx generator, metric reads) stays off the service's CPU too.
+    # This process (producer, asyncio generator, metric reads) stays off the service's CPU too.
     e2e.pin_process(os.getpid(), {e2e.OTHER_CPU})
     missed: list[str] = []
     try:
