@@ -61,27 +61,35 @@ class RecentReads:
     async def get(
         self, key: Hashable, read: Callable[[], Awaitable[T]], size: Callable[[T], int], *, settled: bool = False
     ) -> T:
+        found = self.peek(key)
+        if found is not None:
+            cached: T = found
+            return cached
+        value = await read()
+        self.put(key, value, size(value), settled=settled)
+        return value
+
+    def peek(self, key: Hashable) -> Any:
+        """The value kept under ``key`` if it has not expired, else None."""
         now = self._clock()
         if now >= self._next_sweep:
             for k in [k for k, (expires, _, _) in self._entries.items() if expires <= now]:
                 self._rows -= self._entries.pop(k)[1]
             self._next_sweep = now + self.ttl
         hit = self._entries.get(key)
-        if hit is not None and hit[0] > now:
-            cached: T = hit[2]
-            return cached
-        value = await read()
-        rows = size(value)
-        if rows <= self.max_rows:
-            # Other requests ran meanwhile: one may have put or swept this key.
-            stale = self._entries.pop(key, None)
-            if stale is not None:
-                self._rows -= stale[1]
-            while self._entries and self._rows + rows > self.max_rows:
-                self._rows -= self._entries.pop(next(iter(self._entries)))[1]
-            self._entries[key] = (now + (self.settled_ttl if settled else self.ttl), rows, value)
-            self._rows += rows
-        return value
+        return hit[2] if hit is not None and hit[0] > now else None
+
+    def put(self, key: Hashable, value: Any, rows: int, *, settled: bool = False) -> None:
+        if rows > self.max_rows:
+            return
+        # Other requests ran since this one looked: one may have put or swept this key.
+        stale = self._entries.pop(key, None)
+        if stale is not None:
+            self._rows -= stale[1]
+        while self._entries and self._rows + rows > self.max_rows:
+            self._rows -= self._entries.pop(next(iter(self._entries)))[1]
+        self._entries[key] = (self._clock() + (self.settled_ttl if settled else self.ttl), rows, value)
+        self._rows += rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +233,9 @@ class CauseReader:
         # the same roots come back on page after page (cached per root and stream time with ``recent``).
         parent, root_of = dict(grouping.parent), dict(grouping.root)
         symptoms, covered = dict(grouping.symptoms), dict(grouping.affected)
+        unders = await self._under(roots)
         for root in roots:
-            under = await self._under(root)
+            under = unders[root.id]
             for row in under.rows.values():
                 rows.setdefault(row.id, row)
             symptoms[root.id] = under.grouping.symptoms.get(root.id, ())
@@ -236,30 +245,46 @@ class CauseReader:
                 parent[sid] = under.grouping.parent[sid]
         return CauseView(Grouping(parent, root_of, symptoms, covered), rows)
 
-    async def _under(self, root: IncidentRow) -> CauseView:
-        """The grouping of ``root`` and every incident its windows can hold: its symptoms and their causes."""
-        if self.recent is None:
-            return await self._read_under(root)
-        spec = _causes(self.rules, root)
-        settled = spec is not None and root.last_seen + spec.slack + SETTLE < self.stream_time
-        # Once settled, the same answer at any stream time but for the symptoms' statuses (kept settled_ttl).
-        key = ("under", root.id, root.first_seen, root.last_seen, None if settled else self.stream_time)
-        return await self.recent.get(key, lambda: self._read_under(root), lambda v: len(v.rows), settled=settled)
+    async def _under(self, roots: Sequence[IncidentRow]) -> dict[str, CauseView]:
+        """Each root's grouping with every incident its windows can hold: its symptoms and their causes. The
+        roots not kept in ``recent`` are read together (their windows merged: one read per cluster and link)."""
+        out: dict[str, CauseView] = {}
+        keys: dict[str, tuple[Hashable, bool]] = {}
+        for root in roots:
+            spec = _causes(self.rules, root)
+            settled = spec is not None and root.last_seen + spec.slack + SETTLE < self.stream_time
+            # Once settled, the same answer at any stream time but for the symptoms' statuses (kept settled_ttl).
+            key = ("under", root.id, root.first_seen, root.last_seen, None if settled else self.stream_time)
+            keys[root.id] = (key, settled)
+            found = self.recent.peek(key) if self.recent is not None else None
+            if found is not None:
+                out[root.id] = found
+        missing = [r for r in roots if r.id not in out]
+        if missing:
+            joint = await self._read_under(missing)
+            for root in missing:
+                kept = {root.id, *joint.grouping.symptoms.get(root.id, ())}
+                view = CauseView(joint.grouping, {i: joint.rows[i] for i in kept if i in joint.rows})
+                out[root.id] = view
+                if self.recent is not None:
+                    self.recent.put(keys[root.id][0], view, len(view.rows), settled=keys[root.id][1])
+        return out
 
-    async def _read_under(self, root: IncidentRow) -> CauseView:
-        rows: dict[str, IncidentRow] = {root.id: root}
-        for row in await self.causes_near([root]):
+    async def _read_under(self, roots: Sequence[IncidentRow]) -> CauseView:
+        rows: dict[str, IncidentRow] = {r.id: r for r in roots}
+        for row in await self.causes_near(roots):
             rows.setdefault(row.id, row)
         grouping = group(_spans(rows.values()), self.rules)
-        # The root's window and those of the cause incidents under it, widened as causes under it are found
+        # The roots' windows and those of the cause incidents under them, widened as causes under them are found
         # there (CA secret -> signing errors -> their own symptoms).
+        wanted = {r.id for r in roots}
         targeted = self._targeted_ids
         read: dict[str, tuple[float, float]] = {}
         for _ in range(MAX_CHAIN):
             windows: dict[str, tuple[float, float]] = {}
             for row in rows.values():
                 spec = _causes(self.rules, row)
-                if spec is None or grouping.root.get(row.id, row.id) != root.id:
+                if spec is None or grouping.root.get(row.id, row.id) not in wanted:
                     continue
                 lo, hi = row.first_seen - spec.slack, row.last_seen + spec.slack
                 known = windows.get(row.key.cluster)
@@ -279,9 +304,7 @@ class CauseReader:
             for row in [*inside, *await self.causes_near(inside)]:
                 rows.setdefault(row.id, row)
             grouping = group(_spans(rows.values()), self.rules)
-        # Kept: the root and what is under it (the window's other incidents were read only to be ruled out).
-        kept = {root.id, *grouping.symptoms.get(root.id, ())}
-        return CauseView(grouping, {i: r for i, r in rows.items() if i in kept})
+        return CauseView(grouping, rows)
 
 
 async def open_roots(store: Store, rules: Mapping[str, Rule], stream_time: float) -> list[tuple[str, str, int]]:
