@@ -189,7 +189,8 @@ class Pipeline:
                 lines.append(d[0])
                 decoded.append((i, d[1]))
         out = []
-        for j, owners in self._matcher(lines):
+        # The prefilter flagged these lines already: the exact database only, not the Matcher's two stages.
+        for j, owners in self._matcher.exact(lines):
             i, source = decoded[j]
             if isinstance(source, LogRecord):
                 out.append((i, source, owners))

@@ -179,6 +179,7 @@ class Matcher:
     def __init__(self, compiled: CompiledCatalogue) -> None:
         self.compiled = compiled
         self._db = compiled.db
+        self._windowed = compiled.windowed
         self._owners = compiled.owners
         self._excludes = compiled.excludes
 
@@ -196,12 +197,22 @@ class Matcher:
         owners = tuple(dict.fromkeys(self._owners[i] for i in sorted(ids)))
         return self._kept(owners, line) if self._excludes else owners
 
-    def candidates(self, lines: Sequence[bytes]) -> IndexArray:
-        """Indices of lines the batch scan flags (a superset of the matching lines)."""
-        return scan_batches(self._db, lines)
-
     def __call__(self, lines: Sequence[bytes]) -> list[tuple[int, tuple[str, ...]]]:
-        """(index, owners) for every line that matches, in input order."""
+        """(index, owners) for every line that matches, in input order.
+
+        Two stages: the literal prefilter (``compiled.windowed``) over every line, then the exact database
+        over the lines it flags only. A line that matches holds one of its expressions' required literals
+        (the prefilter's forms include each literal as it is), so the flagged lines are a superset of the
+        matching ones; the literal scan is the cheaper pass over ordinary text, and few lines are flagged."""
+        flagged = scan_batches(self._windowed, lines).tolist()
+        if not flagged:
+            return []
+        return [(flagged[j], owners) for j, owners in self.exact([lines[i] for i in flagged])]
+
+    def exact(self, lines: Sequence[bytes]) -> list[tuple[int, tuple[str, ...]]]:
+        """``__call__`` without the prefilter: the exact database over every line given. For lines the
+        prefilter has flagged already (the pipeline's decoded candidates), where a second literal scan would
+        flag nearly all of them again."""
         if self.compiled.line_local:
             owners = self._owners
             found = [(i, tuple(dict.fromkeys(owners[e] for e in ids))) for i, ids in _scan_pairs(self._db, lines)]
@@ -210,7 +221,7 @@ class Matcher:
             kept = [(i, self._kept(names, lines[i])) for i, names in found]
             return [(i, names) for i, names in kept if names]
         out = []
-        for i in self.candidates(lines).tolist():
+        for i in scan_batches(self._db, lines).tolist():
             owners = self.one(lines[i])
             if owners:
                 out.append((i, owners))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -10,17 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyzer.catalogue import load_catalogue
-from analyzer.correlation import SIGNALS
 from analyzer.match import CompiledCatalogue, RecordPrefilter, compile_catalogue
 from analyzer.match import scanner as scanner_module
 from analyzer.match.levels import LEVEL_LITERALS, CombinedPrefilter
 from analyzer.match.scanner import scan_batches, screen_and_scan
 from analyzer.match.windows import WINDOW, Windowed, choose_windows, compile_windows
-from tests.conftest import PATTERNS
 from tests.match.helpers import catalogue, rule
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def full(entries: list[tuple[bytes, bool, bytes]]) -> Windowed:
@@ -111,21 +105,6 @@ def test_the_windows_come_back_from_the_cache(tmp_path: Path) -> None:
     assert any(window != form for form, _, window in first.windows)
     values = [b'{"log":"x: connect: connection refused"}', b'{"log":"connection refused"}', b"a DC,URX"]
     assert RecordPrefilter(again)(values).tolist() == RecordPrefilter(first)(values).tolist() == [0, 2]
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> CompiledCatalogue:
-    return compile_catalogue(load_catalogue(PATTERNS), SIGNALS, cache_dir=tmp_path_factory.mktemp("hs"))
-
-
-@pytest.fixture(scope="module")
-def corpus_module() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import corpus  # benchmarks/corpus.py: the benchmark corpus and the adversarial mixes
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return corpus
 
 
 @pytest.mark.parametrize("mix", ["corpus", "control-plane", "long-lines", "codes-flags"])
