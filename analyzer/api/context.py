@@ -61,7 +61,7 @@ class ApiContext:
     token: bytes | None  # the API token; None disables the write endpoints
     read_token: bytes | None = None  # when set, reads under /v1 need it (or the write token)
     active_streams: int = 0  # open /v1/incidents/stream responses
-    recent: RecentReads = field(default_factory=RecentReads)  # the cause grouping's reads, shared for a second
+    recent: RecentReads = field(default_factory=RecentReads)  # the cause grouping's reads, shared for seconds
     _rules_of: tuple[Catalogue, Mapping[str, Rule]] | None = None
     _with_templates: tuple[Mapping[str, Rule], Mapping[str, Rule] | None, int, Mapping[str, Rule]] | None = None
 

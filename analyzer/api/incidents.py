@@ -305,7 +305,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
         now = ctx.wall()
         rules = ctx.rules()
         query = filters.query(limit=limit, cursor=cursor, stream_time=stream_time, now=now)
-        # Pages share the grouping's reads (what a root affects, the causes near a page) for a second, a settled
+        # Pages share the grouping's reads (what a root affects, the causes near a page) for 5 s, a settled
         # root's for 30 s: pages overlap, and one request used to read them all again (store/causes.RecentReads).
         reader = CauseReader(store, rules, stream_time, now, ctx.recent)
         try:

@@ -8,6 +8,7 @@ through the store's ordinary list query, so one code path serves SQLite and Post
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,16 +37,17 @@ class RecentReads:
     """What the grouping read or derived lately, shared by the requests of one API process.
 
     Each list request used to read again the cause incidents near its page, each root's symptoms in its window
-    and the open symptoms holding causes open: the same rows for every request, since pages overlap and a second
-    of traffic asks the same questions. Kept for ``ttl`` seconds (the API caches its stream time that long too),
-    a root's symptoms for ``settled_ttl`` once its window has closed (no new symptom can start in it; what may
-    still change is a symptom's status), and at most ``max_rows`` rows in all, oldest out first. So grouping
-    annotations (caused_by, affected, a root's status through its symptoms) may lag the store or a reload by that
-    long; the rows a page shows are always read fresh."""
+    and the open symptoms holding causes open: the same rows for every request, since pages overlap and a few
+    seconds of traffic ask the same questions. Kept for ``ttl`` seconds whatever the stream time (under ingest it
+    moves every second: keyed by it, every second's requests read everything again, more than a core's worth
+    at 200 requests/s), a root's symptoms for ``settled_ttl`` once its window has closed (no new symptom can
+    start in it; what may still change is a symptom's status), and at most ``max_rows`` rows in all, oldest out
+    first. So grouping annotations (caused_by, affected, a root's status through its symptoms) may lag the store
+    or a reload by that long; the rows a page shows are always read fresh."""
 
     def __init__(
         self,
-        ttl: float = 1.0,
+        ttl: float = 5.0,
         settled_ttl: float = 30.0,
         max_rows: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
@@ -57,16 +59,34 @@ class RecentReads:
         self._entries: dict[Hashable, tuple[float, int, Any]] = {}  # key -> (expires, rows, value), oldest first
         self._rows = 0
         self._next_sweep = 0.0
+        self._reading: dict[Hashable, asyncio.Task[Any]] = {}  # reads in flight, by key
 
     async def get(
         self, key: Hashable, read: Callable[[], Awaitable[T]], size: Callable[[T], int], *, settled: bool = False
     ) -> T:
+        """The value kept under ``key``, else ``read()``'s, kept. Requests asking for a key being read wait
+        for that one read: under load, a second's worth of requests would otherwise all miss at once and each
+        read the same rows (seen as the API stalling). The read finishes, and is kept, even when every request
+        that waits for it gives up."""
         found = self.peek(key)
         if found is not None:
             cached: T = found
             return cached
-        value = await read()
-        self.put(key, value, size(value), settled=settled)
+        task = self._reading.get(key)
+        if task is None:
+
+            async def fill() -> T:
+                try:
+                    value = await read()
+                    self.put(key, value, size(value), settled=settled)
+                    return value
+                finally:
+                    self._reading.pop(key, None)
+
+            task = asyncio.ensure_future(fill())
+            task.add_done_callback(_retrieved)
+            self._reading[key] = task
+        value: T = await asyncio.shield(task)
         return value
 
     def peek(self, key: Hashable) -> Any:
@@ -90,6 +110,12 @@ class RecentReads:
             self._rows -= self._entries.pop(next(iter(self._entries)))[1]
         self._entries[key] = (self._clock() + (self.settled_ttl if settled else self.ttl), rows, value)
         self._rows += rows
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Its error reached whoever waited; with nobody left waiting, it is not an unretrieved exception."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +186,10 @@ class CauseReader:
     async def _read(self, query: IncidentQuery) -> list[IncidentRow]:
         if self.recent is None:
             return await _read_all(self.store, query)
-        # The wall clock only decides silence expiry: within the cache's second it is the same answer.
-        return await self.recent.get(("read", replace(query, now=None)), lambda: _read_all(self.store, query), len)
+        # Not keyed by the stream time or the wall clock: they move every second under ingest, and decide only
+        # the rows' statuses (and silences), which may lag like the rest of what is kept.
+        key = ("read", replace(query, now=None, stream_time=0.0))
+        return await self.recent.get(key, lambda: _read_all(self.store, query), len)
 
     async def open_through_symptoms(self) -> list[IncidentRow]:
         """The cause incidents a symptom can hold open: up the chains of the open incidents a cause targets.
@@ -176,7 +204,7 @@ class CauseReader:
         async def read() -> list[IncidentRow]:
             return await self.causes_near(await _read_all(self.store, query))
 
-        return await self.recent.get(("open", targeted, self.stream_time), read, len)
+        return await self.recent.get(("open", targeted), read, len)
 
     async def causes_near(self, focus: Iterable[IncidentRow]) -> list[IncidentRow]:
         """The cause incidents that can explain ``focus``, and theirs up the chain: only those whose window can
@@ -253,15 +281,19 @@ class CauseReader:
         for root in roots:
             spec = _causes(self.rules, root)
             settled = spec is not None and root.last_seen + spec.slack + SETTLE < self.stream_time
-            # Once settled, the same answer at any stream time but for the symptoms' statuses (kept settled_ttl).
-            key = ("under", root.id, root.first_seen, root.last_seen, None if settled else self.stream_time)
+            # A root that grows (or recurs) is another key; once settled, kept settled_ttl.
+            key = ("under", root.id, root.first_seen, root.last_seen)
             keys[root.id] = (key, settled)
             found = self.recent.peek(key) if self.recent is not None else None
             if found is not None:
                 out[root.id] = found
         missing = [r for r in roots if r.id not in out]
         if missing:
-            joint = await self._read_under(missing)
+            if self.recent is None:
+                joint = await self._read_under(missing)
+            else:  # one read for the requests of the same page that come together
+                joint_key = ("under-joint", *(keys[r.id][0] for r in missing))
+                joint = await self.recent.get(joint_key, lambda: self._read_under(missing), lambda v: len(v.rows))
             for root in missing:
                 kept = {root.id, *joint.grouping.symptoms.get(root.id, ())}
                 view = CauseView(joint.grouping, {i: joint.rows[i] for i in kept if i in joint.rows})

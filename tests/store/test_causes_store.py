@@ -183,3 +183,26 @@ async def test_recent_reads_survive_requests_that_interleave() -> None:
     release.set()
     assert await in_flight == [1]
     assert await recent.get("k", quick, len) == [1], "the fresh read is kept"
+
+
+async def test_recent_reads_read_once_for_requests_that_come_together() -> None:
+    """A second's requests all missing at once must not each read the same rows (the API stalled so)."""
+    import asyncio
+
+    recent = RecentReads(ttl=60.0)
+    release = asyncio.Event()
+    reads = 0
+
+    async def slow() -> list[int]:
+        nonlocal reads
+        reads += 1
+        await release.wait()
+        return [reads]
+
+    waiting = [asyncio.ensure_future(recent.get("k", slow, len)) for _ in range(20)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # a request that gives up (its client timed out) leaves the read to the others
+    release.set()
+    results = await asyncio.gather(*waiting[1:])
+    assert reads == 1 and all(r == [1] for r in results)
+    assert await recent.get("k", slow, len) == [1] and reads == 1, "kept"
