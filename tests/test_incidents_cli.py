@@ -23,7 +23,17 @@ from fastapi import FastAPI
 
 from analyzer.broker import free_port
 from analyzer.client import Event, parse_events
-from tests.api.support import STREAM_TIME, TOKEN, Harness, interval, make_settings, running
+from tests.api.support import (
+    OUTAGE_NOT_READY,
+    OUTAGE_ROOT,
+    OUTAGE_UPSTREAM,
+    STREAM_TIME,
+    TOKEN,
+    Harness,
+    interval,
+    make_settings,
+    running,
+)
 
 GUARD = 60.0  # only against a hang; nothing depends on how fast things happen
 
@@ -308,28 +318,7 @@ async def test_a_read_token_is_sent_when_the_service_wants_one(tmp_path: Path) -
 
 # -- one incident per cause ---------------------------------------------------------------------------------
 
-# istiod cut off from the API server (a mesh-wide root cause) and two proxies' trouble meanwhile.
-ROOT = interval(
-    "istiod-apiserver-unreachable",
-    namespace="istio-system",
-    workload="istiod",
-    pods=("istiod-6b7c9d5f4-q2w8r",),
-    container="discovery",
-    first_seen=STREAM_TIME - 400,
-    last_seen=STREAM_TIME,
-    count=40,
-)
-NOT_READY = interval(
-    "proxy-not-ready", namespace="shop", workload="cart", first_seen=STREAM_TIME - 200, last_seen=STREAM_TIME
-)
-UPSTREAM = interval(
-    "access-upstream-connect-failure",
-    namespace="bank",
-    workload="ledger",
-    pods=("ledger-7c9d-fghij", "ledger-7c9d-klmno"),
-    first_seen=STREAM_TIME - 350,
-    last_seen=STREAM_TIME,
-)
+ROOT, NOT_READY, UPSTREAM = OUTAGE_ROOT, OUTAGE_NOT_READY, OUTAGE_UPSTREAM
 
 
 @pytest.fixture

@@ -108,3 +108,33 @@ async def running(settings: Settings) -> AsyncIterator[Harness]:
 
 def auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# istiod cut off from the API server (a mesh-wide root cause) and two proxies' trouble meanwhile: the scene the
+# dashboard's panel and the incidents CLI read through the API.
+OUTAGE_ROOT = interval(
+    "istiod-apiserver-unreachable",
+    namespace="istio-system",
+    workload="istiod",
+    pods=("istiod-6b7c9d5f4-q2w8r",),
+    container="discovery",
+    first_seen=STREAM_TIME - 400,
+    last_seen=STREAM_TIME,
+    count=40,
+)
+OUTAGE_NOT_READY = interval(
+    "proxy-not-ready",
+    namespace="shop",
+    workload="cart",
+    pods=("cart-5d8f-abcde",),
+    first_seen=STREAM_TIME - 200,
+    last_seen=STREAM_TIME,
+)
+OUTAGE_UPSTREAM = interval(
+    "access-upstream-connect-failure",
+    namespace="bank",
+    workload="ledger",
+    pods=("ledger-7c9d-fghij", "ledger-7c9d-klmno"),
+    first_seen=STREAM_TIME - 350,
+    last_seen=STREAM_TIME,
+)

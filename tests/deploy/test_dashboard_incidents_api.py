@@ -13,35 +13,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.api.support import STREAM_TIME, interval, make_settings, running
+from tests.api.support import (
+    OUTAGE_NOT_READY,
+    OUTAGE_ROOT,
+    OUTAGE_UPSTREAM,
+    STREAM_TIME,
+    interval,
+    make_settings,
+    running,
+)
 from tests.api.test_stream_api import serving
 from tests.deploy.deploy_support import GRAFANA
 
 INFINITY = "yesoreyeram-infinity-datasource"
 T = STREAM_TIME
 
-# istiod cut off from the API server (a root cause, mesh-wide), and what the proxies log meanwhile.
-ROOT = interval(
-    "istiod-apiserver-unreachable",
-    namespace="istio-system",
-    workload="istiod",
-    pods=("istiod-6b7c9d5f4-q2w8r",),
-    container="discovery",
-    first_seen=T - 400,
-    last_seen=T,
-    count=40,
-)
-NOT_READY = interval(
-    "proxy-not-ready", namespace="shop", workload="cart", pods=("cart-5d8f-abcde",), first_seen=T - 200, last_seen=T
-)
-UPSTREAM = interval(
-    "access-upstream-connect-failure",
-    namespace="bank",
-    workload="ledger",
-    pods=("ledger-7c9d-fghij", "ledger-7c9d-klmno"),
-    first_seen=T - 350,
-    last_seen=T,
-)
+ROOT, NOT_READY, UPSTREAM = OUTAGE_ROOT, OUTAGE_NOT_READY, OUTAGE_UPSTREAM
 # Unrelated and open on its own: a standalone incident, listed with the roots.
 STANDALONE = interval(
     "istiod-rbac-forbidden", namespace="istio-system", workload="istiod", first_seen=T - 5000, last_seen=T - 60
