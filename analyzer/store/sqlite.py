@@ -46,6 +46,7 @@ _RETENTION = retention_statements(SQLITE)
 # lose nor repeat any of it.
 BUSY_RETRIES = 6
 BUSY_PAUSE = 0.02  # seconds before the first retry, doubling, with jitter
+MMAP_BYTES = 1 << 30  # address space, not memory: pages are the OS page cache's, shared by every connection
 
 
 class SqliteStore:
@@ -133,6 +134,9 @@ class SqliteStore:
             # In WAL mode NORMAL may lose the last commits on power loss but never tears one: offsets roll back
             # together with their incidents, so the batch is simply consumed again.
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Reads through a memory map, not into each connection's own page cache: another connection's commit
+            # (the ingest's, every batch) empties that cache, and the API's reads then copied every page again.
+            conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         except sqlite3.Error:
             conn.close()
             raise
