@@ -281,8 +281,10 @@ class CauseReader:
         for root in roots:
             spec = _causes(self.rules, root)
             settled = spec is not None and root.last_seen + spec.slack + SETTLE < self.stream_time
-            # A root that grows (or recurs) is another key; once settled, kept settled_ttl.
-            key = ("under", root.id, root.first_seen, root.last_seen)
+            # Not by last_seen: a root still growing under ingest gets a new one every batch, and read again each
+            # time it was the API's whole load; what it grew by shows within the ttl (a settled root that
+            # recurs is unsettled again: another key).
+            key = ("under", root.id, settled)
             keys[root.id] = (key, settled)
             found = self.recent.peek(key) if self.recent is not None else None
             if found is not None:
