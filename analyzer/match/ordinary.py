@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import hyperscan
 import orjson
@@ -250,6 +250,11 @@ def literal_rates(literals: Iterable[tuple[bytes, bool]]) -> dict[tuple[bytes, b
         return {}
     # Every form a literal takes in a raw record (see ``variants``), under the literal's id.
     forms = [(i, form, caseless) for i, (lit, caseless) in enumerate(wanted) for form in variants(lit)]
+    return dict(zip(wanted, record_shares(forms, len(wanted)), strict=True))
+
+
+def record_shares(forms: Sequence[tuple[int, bytes, bool]], count: int) -> list[float]:
+    """Share of ordinary records holding any form (id, bytes as written, caseless) of each of ``count`` ids."""
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     db.compile(
         expressions=[form for _, form, _ in forms],
@@ -260,7 +265,7 @@ def literal_rates(literals: Iterable[tuple[bytes, bool]]) -> dict[tuple[bytes, b
         literal=True,
     )
     db.scratch = hyperscan.Scratch(db)
-    hits = [0] * len(wanted)
+    hits = [0] * count
     seen: set[int] = set()
 
     def on_match(literal_id: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
@@ -272,4 +277,4 @@ def literal_rates(literals: Iterable[tuple[bytes, bool]]) -> dict[tuple[bytes, b
         for literal_id in seen:
             hits[literal_id] += 1
         seen.clear()
-    return {key: n / len(records) for key, n in zip(wanted, hits, strict=True)}
+    return [n / len(records) for n in hits]

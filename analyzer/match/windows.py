@@ -20,7 +20,7 @@ import hyperscan
 import numpy as np
 import numpy.typing as npt
 
-from analyzer.match.ordinary import ordinary_records
+from analyzer.match.ordinary import ordinary_records, record_shares
 
 # Measured on the corpus and the adversarial mixes: 8 scans fastest; 6-7 multiply the window hits (up to 10x
 # on long stack-trace lines), 10 scans slower on most mixes.
@@ -36,32 +36,6 @@ class Windowed:
     db: Any
     confirm: tuple[tuple[tuple[bytes, int], ...] | None, ...]
     needs: npt.NDArray[np.bool_]  # confirm[id] is not None, as an array (indexed by the match ids)
-
-
-def _share_of_records(literals: Sequence[bytes]) -> list[float]:
-    """Share of the ordinary sample's records holding each literal (exactly as written, case-sensitive)."""
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(
-        expressions=list(literals),
-        ids=list(range(len(literals))),
-        elements=len(literals),
-        flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(literals),
-        literal=True,
-    )
-    db.scratch = hyperscan.Scratch(db)
-    hits = [0] * len(literals)
-    seen: set[int] = set()
-
-    def on_match(literal_id: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
-        seen.add(literal_id)
-
-    records = ordinary_records()
-    for record in records:
-        db.scan(record, match_event_handler=on_match)
-        for literal_id in seen:
-            hits[literal_id] += 1
-        seen.clear()
-    return [n / len(records) for n in hits]
 
 
 def _trigram_counts() -> dict[int, int]:
@@ -85,7 +59,7 @@ def choose_windows(forms: Iterable[tuple[bytes, bool]]) -> dict[tuple[bytes, boo
     if not options:
         return {key: key[0] for key in forms}
     every = sorted({w for ws in options.values() for w in ws})
-    share = dict(zip(every, _share_of_records(every), strict=True))
+    share = dict(zip(every, record_shares([(i, lit, False) for i, lit in enumerate(every)], len(every)), strict=True))
     trigrams = _trigram_counts()
 
     def cost(window: bytes) -> tuple[float, float]:
