@@ -64,6 +64,7 @@ WEEK = 7 * 86400.0
 # Incidents of cause rules among all: 0.3% of 100k over a week is ~40 control-plane or CA failures a day, already
 # a bad week. Dealing every rule alike gives ~10%: a mesh whose istiod is down all the time.
 CAUSE_SHARE = 0.003
+BACKLOG_POOL, BACKLOG_SEED = 100_000, 20240611  # the backlog: this corpus repeated
 
 
 # ------------------------------------------------------------------------------------------- the incidents
@@ -264,7 +265,9 @@ async def _asyncio_load(base: str, paths: Sequence[str], seconds: float, rate: f
     async def one(path: str, scheduled: float) -> None:
         nonlocal errors
         try:
-            if await asyncio.wait_for(connections.get(path), 5.0) >= 400:
+            # No client timeout: an abandoned request is still served (the service does not notice), so
+            # giving up early only adds work, and the open loop's queue would feed on itself.
+            if await asyncio.wait_for(connections.get(path), 120.0) >= 400:
                 errors += 1
         except (OSError, ValueError, IndexError, TimeoutError, asyncio.IncompleteReadError):
             errors += 1
@@ -561,7 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     catalogue = load_catalogue(default_patterns_dir())
     rules = catalogue.by_id()
-    now = time.time()
+    # The store's week of incidents ends where the backlog's event times do: the service's stream time is the
+    # backlog's (March 2025), and incidents "last seen" a year after it would all read as open and unsettled.
+    now = max(t for _, t, _ in e2e.corpus_mod.iter_lines(BACKLOG_POOL, seed=BACKLOG_SEED))
     intervals = synthetic_intervals(args.incidents, list(rules.values()), now, args.cause_share)
     causing = sum(1 for i in intervals if rules[i.rule_id].causes is not None)
     print(f"store: {len(intervals):,} synthetic incidents, {causing:,} of them of rules that declare causes")
@@ -575,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         topic = f"api-backlog-{uuid.uuid4().hex[:8]}"
         asyncio.run(ensure_topics(broker.bootstrap, [topic], partitions=4))
-        pool = e2e.make_records(100_000, seed=20240611)
+        pool = e2e.make_records(BACKLOG_POOL, seed=BACKLOG_SEED)
         reps = max(1, args.backlog // len(pool.values))
         backlog = e2e.Records(pool.keys * reps, pool.values * reps, pool.problems * reps)
         took, ends = e2e.produce(broker.bootstrap, topic, backlog)
