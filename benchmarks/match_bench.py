@@ -393,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="timed runs per design; the median is reported")
     p.add_argument("--quick", action="store_true", help="100k-line smoke run")
     p.add_argument("--seed", type=int, default=corpus_mod.DEFAULT_SEED)
-    p.add_argument("--batch", type=int, default=5000, help="records per Pipeline call (kafka_max_records)")
+    p.add_argument(
+        "--batch", type=int, default=5000, help="records per Pipeline call (the service: up to kafka_max_records)"
+    )
     p.add_argument("--patterns", type=Path, default=REPO / "patterns")
     p.add_argument("--tab-escape", choices=("t", "u0009"), default="t")
     p.add_argument("--no-tools", action="store_true", help="skip grep and ripgrep")
