@@ -46,6 +46,7 @@ from analyzer.correlation import SIGNALS  # noqa: E402
 from analyzer.decode import Decoder, Format  # noqa: E402
 from analyzer.match import CompiledCatalogue, Matcher, RecordPrefilter, compile_catalogue  # noqa: E402
 from analyzer.match.levels import CombinedPrefilter  # noqa: E402
+from analyzer.match.literal_db import literal_database  # noqa: E402
 from analyzer.pipeline import Pipeline  # noqa: E402
 from analyzer.types import Catalogue, Expression  # noqa: E402
 
@@ -817,15 +818,7 @@ def _prefilter_hits(compiled: CompiledCatalogue, values: Sequence[bytes]) -> dic
     forms = compiled.prefilter_forms
     hits: dict[bytes, set[int]] = {}
     # The full forms (the prefilter database holds windows of the long ones), in ``forms`` order.
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(
-        expressions=[form for form, _ in forms],
-        ids=list(range(len(forms))),
-        elements=len(forms),
-        flags=[hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in forms],
-        literal=True,
-    )
-    db.scratch = hyperscan.Scratch(db)
+    db = literal_database(forms)
     for a in range(0, len(values), 4096):
         chunk = values[a : a + 4096]
         starts = np.zeros(len(chunk), dtype=np.int64)

@@ -17,6 +17,7 @@ from typing import Any
 import hyperscan
 
 from analyzer.match.compiler import CompiledCatalogue
+from analyzer.match.literal_db import literal_database
 from analyzer.match.scanner import IndexArray, scan_batches, screen_and_scan
 from analyzer.match.windows import compile_windows
 
@@ -96,16 +97,7 @@ class LevelWords:
     """The level literals, one record at a time: which of the combined prefilter's candidates hold one."""
 
     def __init__(self) -> None:
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        db.compile(
-            expressions=list(LEVEL_LITERALS),
-            ids=list(range(len(LEVEL_LITERALS))),
-            elements=len(LEVEL_LITERALS),
-            flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(LEVEL_LITERALS),
-            literal=True,
-        )
-        db.scratch = hyperscan.Scratch(db)
-        self._db = db
+        self._db = literal_database([(word, False) for word in LEVEL_LITERALS], single_match=True)
 
     def __call__(self, record: bytes) -> bool:
         found: list[bool] = []

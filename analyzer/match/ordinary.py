@@ -13,9 +13,9 @@ import functools
 import random
 from collections.abc import Iterable, Sequence
 
-import hyperscan
 import orjson
 
+from analyzer.match.literal_db import literal_database
 from analyzer.match.literals import variants
 
 _METHODS = ("GET", "GET", "GET", "POST", "POST", "PUT", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -255,16 +255,7 @@ def literal_rates(literals: Iterable[tuple[bytes, bool]]) -> dict[tuple[bytes, b
 
 def record_shares(forms: Sequence[tuple[int, bytes, bool]], count: int) -> list[float]:
     """Share of ordinary records holding any form (id, bytes as written, caseless) of each of ``count`` ids."""
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(
-        expressions=[form for _, form, _ in forms],
-        ids=[i for i, _, _ in forms],
-        elements=len(forms),
-        # SINGLEMATCH: one event per literal per record, which is all a rate needs.
-        flags=[hyperscan.HS_FLAG_SINGLEMATCH | (hyperscan.HS_FLAG_CASELESS if c else 0) for _, _, c in forms],
-        literal=True,
-    )
-    db.scratch = hyperscan.Scratch(db)
+    db = literal_database([(form, c) for _, form, c in forms], [i for i, _, _ in forms], single_match=True)
     hits = [0] * count
     seen: set[int] = set()
 

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import hyperscan
 import numpy as np
 import numpy.typing as npt
 
+from analyzer.match.literal_db import literal_database
 from analyzer.match.ordinary import ordinary_records, record_shares
 
 # Measured on the corpus and the adversarial mixes: 8 scans fastest; 6-7 multiply the window hits (up to 10x
@@ -89,13 +89,5 @@ def compile_windows(entries: Sequence[tuple[bytes, bool, bytes]], db: Any | None
     keys = sorted(by_window)
     confirm = tuple(None if key in exact else tuple(sorted(by_window[key])) for key in keys)
     if db is None:
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        db.compile(
-            expressions=[window for window, _ in keys],
-            ids=list(range(len(keys))),
-            elements=len(keys),
-            flags=[hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in keys],
-            literal=True,
-        )
-        db.scratch = hyperscan.Scratch(db)
+        db = literal_database(keys)
     return Windowed(db, confirm, np.array([c is not None for c in confirm], dtype=np.bool_))
