@@ -72,18 +72,26 @@ class RecentReads:
         if found is not None:
             cached: T = found
             return cached
+
+        async def read_and_keep() -> T:
+            value = await read()
+            self.put(key, value, size(value), settled=settled)
+            return value
+
+        return await self.once(key, read_and_keep)
+
+    async def once(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        """``read()``, or the value of the read under ``key`` already in flight (nothing kept)."""
         task = self._reading.get(key)
         if task is None:
 
-            async def fill() -> T:
+            async def run() -> T:
                 try:
-                    value = await read()
-                    self.put(key, value, size(value), settled=settled)
-                    return value
+                    return await read()
                 finally:
                     self._reading.pop(key, None)
 
-            task = asyncio.ensure_future(fill())
+            task = asyncio.ensure_future(run())
             task.add_done_callback(_retrieved)
             self._reading[key] = task
         value: T = await asyncio.shield(task)
@@ -198,13 +206,11 @@ class CauseReader:
         if not targeted:
             return []
         query = IncidentQuery(statuses=(Status.OPEN,), rules=targeted, stream_time=self.stream_time, now=self.now)
-        if self.recent is None:
-            return await self.causes_near(await _read_all(self.store, query))
 
         async def read() -> list[IncidentRow]:
             return await self.causes_near(await _read_all(self.store, query))
 
-        return await self.recent.get(("open", targeted), read, len)
+        return await read() if self.recent is None else await self.recent.get(("open", targeted), read, len)
 
     async def causes_near(self, focus: Iterable[IncidentRow]) -> list[IncidentRow]:
         """The cause incidents that can explain ``focus``, and theirs up the chain: only those whose window can
@@ -258,7 +264,7 @@ class CauseReader:
         if not affected or not roots:
             return CauseView(grouping, rows)
         # Each root's symptoms apart: what a root affects depends on the incidents of its own windows only, and
-        # the same roots come back on page after page (cached per root and stream time with ``recent``).
+        # the same roots come back on page after page (kept per root with ``recent``).
         parent, root_of = dict(grouping.parent), dict(grouping.root)
         symptoms, covered = dict(grouping.symptoms), dict(grouping.affected)
         unders = await self._under(roots)
@@ -293,9 +299,9 @@ class CauseReader:
         if missing:
             if self.recent is None:
                 joint = await self._read_under(missing)
-            else:  # one read for the requests of the same page that come together
+            else:  # one read for the requests of the same page that come together; kept per root below
                 joint_key = ("under-joint", *(keys[r.id][0] for r in missing))
-                joint = await self.recent.get(joint_key, lambda: self._read_under(missing), lambda v: len(v.rows))
+                joint = await self.recent.once(joint_key, lambda: self._read_under(missing))
             for root in missing:
                 kept = {root.id, *joint.grouping.symptoms.get(root.id, ())}
                 view = CauseView(joint.grouping, {i: joint.rows[i] for i in kept if i in joint.rows})
