@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -330,21 +330,6 @@ class BackendResult:
     note: str = ""
 
 
-@contextlib.contextmanager
-def pg_schema(dsn: str) -> Iterator[str]:
-    """A fresh schema; yields a store URL whose search_path points at it. Dropped afterwards."""
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            sep = "&" if "?" in dsn else "?"
-            yield f"{dsn}{sep}options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 def kind_of(path: str) -> str:
     if "?" not in path:
         return "detail /v1/incidents/{id}"
@@ -600,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if backend == "sqlite":
                     ctx = contextlib.nullcontext(f"sqlite:///{workdir / f'api-{mode}.db'}")
                 else:
-                    ctx = pg_schema(PG_DSN)
+                    ctx = e2e.pg_schema(PG_DSN)
                 with ctx as url:
                     result = run_backend(
                         f"{backend}, {mode}",

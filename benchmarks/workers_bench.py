@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus as corpus_mod  # noqa: E402
-from e2e_bench import cpu_seconds, machine_busy, make_records, produce  # noqa: E402
+from e2e_bench import cpu_seconds, machine_busy, make_records, pg_schema, produce  # noqa: E402
 
 from analyzer.broker import LocalBroker, ensure_topics, free_port  # noqa: E402
 from analyzer.store import open_store  # noqa: E402
@@ -71,16 +71,8 @@ def fresh_store(base: str | None, workdir: Path, name: str) -> Iterator[str]:
     if base is None:
         yield f"sqlite:///{workdir / f'{name}.db'}"
         return
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            sep = "&" if "?" in base else "?"
-            yield f"{base}{sep}options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with pg_schema(base) as url:
+        yield url
 
 
 class Offsets:
