@@ -456,7 +456,13 @@ class Serve:
     """``mesh-analyzer serve`` as a subprocess pinned to one CPU, its log in a file."""
 
     def __init__(
-        self, bootstrap: str, topic: str, store_url: str, log_path: Path, cpu: int, env: Mapping[str, str] | None = None
+        self,
+        bootstrap: str,
+        topic: str,
+        store_url: str,
+        log_path: Path,
+        cpu: int,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.group = f"bench-{uuid.uuid4().hex[:8]}"
@@ -470,8 +476,8 @@ class Serve:
             ANALYZER_HTTP_PORT=str(self.port),
             ANALYZER_LOG_FORMAT="json",
             ANALYZER_LOG_LEVEL="info",
-            **(env or {}),
         )
+        env.update(extra_env or {})  # e.g. ANALYZER_ROLE
         self.log_path = log_path
         self.spawned = time.time()
         with log_path.open("ab") as out:
