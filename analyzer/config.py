@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # A secret: a PostgreSQL DSN may carry a password (shown redacted, never in a repr or a log line).
     store_url: SecretStr = SecretStr("sqlite:///./analyzer.db")
     store_timeout: float = Field(default=10.0, gt=0, description="seconds any store call may take")
+    # Reads (the API's pages, the metrics' counts) run on this many connections at once: one slow read does not
+    # hold up the rest. PostgreSQL makes each when calls first overlap that far.
+    store_readers: int = Field(default=4, ge=1, le=64, description="read connections per process")
     # Retention: settled incidents (quiet past resolve_after) older than this in stream time, with their aliases,
     # and silences expired longer ago than this, are deleted in small batches. 30d, 12h, seconds; 0 keeps all.
     retention: float = Field(default=30 * 86400.0, ge=0, description="e.g. 30d; 0 disables retention")

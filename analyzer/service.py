@@ -247,6 +247,13 @@ async def restore_templates(store: Store, templates: TemplateRegistry, stream_ti
     return len(seen)
 
 
+def store_for(settings: Settings) -> Store:
+    """The store the settings name (not yet open), bounded by the store timeout, with its read connections."""
+    return open_store(
+        settings.store_url.get_secret_value(), timeout=settings.store_timeout, readers=settings.store_readers
+    )
+
+
 async def _refresh_metrics(service: Service, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
@@ -358,7 +365,7 @@ async def run(settings: Settings) -> None:
         await ensure_topics(broker.bootstrap, list(settings.kafka_topics))
         log.info("started the bundled local broker (memory only)", bootstrap=broker.bootstrap)
 
-    store = open_store(settings.store_url.get_secret_value(), timeout=settings.store_timeout)
+    store = store_for(settings)
     await store.open()
     clock = StreamClock(time.time, settings.allowed_lateness)
     if consumes:

@@ -1,4 +1,4 @@
-"""PostgreSQL backend (psycopg 3, async): one connection for writes, one for reads, reconnecting on failure."""
+"""PostgreSQL backend (psycopg 3, async): one connection for writes, a few for reads, reconnecting on failure."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from analyzer.errors import ConfigError, StaleOffsetError, StoreError
 from analyzer.store import migrations as mig
 from analyzer.store.base import POSTGRESQL, IncidentPage, IncidentQuery, IncidentRow, Silence, encode_cursor
 from analyzer.store.health import WriteHealth
+from analyzer.store.slots import Slots
 from analyzer.store.sql import (
     Program,
     alias_params,
@@ -120,9 +121,11 @@ class PostgresStore:
         statement_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         timeout: float | None = None,
+        readers: int = 1,
     ) -> None:
         """``timeout``: the bound of every call, lock wait included (ANALYZER_STORE_TIMEOUT); statement and
-        connect timeouts are then kept below it, so the server gives up before the caller does."""
+        connect timeouts are then kept below it, so the server gives up before the caller does. ``readers``:
+        read connections (ANALYZER_STORE_READERS), each made when calls first overlap that far."""
         try:
             given = conninfo_to_dict(url)
         except psycopg.Error as e:
@@ -139,8 +142,8 @@ class PostgresStore:
         connect_budget = float(given.get("connect_timeout") or extra.get("connect_timeout") or connect_timeout)
         # The client-side bound covers what statement_timeout cannot: a frozen server or a dead network.
         self._op_timeout = 0.9 * timeout if timeout is not None else statement_timeout + connect_budget + 5.0
-        self._writer = _Link(conninfo, statement_timeout)
-        self._reader = _Link(conninfo, statement_timeout)
+        self._writer = Slots([_Link(conninfo, statement_timeout)])
+        self._readers = Slots(_Link(conninfo, statement_timeout) for _ in range(max(1, readers)))
         self._where = _redacted(given)
         self._open = False
         self._health = WriteHealth(f"postgresql:{self._where}")
@@ -148,8 +151,8 @@ class PostgresStore:
     def __repr__(self) -> str:
         return f"PostgresStore({self._where})"
 
-    async def _run(self, link: _Link, op: Callable[[Conn], Awaitable[T]], *, bound: float | None = None) -> T:
-        """Run ``op`` on the link's connection within a bound (lock wait included), driver errors as StoreError.
+    async def _run(self, links: Slots[_Link], op: Callable[[Conn], Awaitable[T]], *, bound: float | None = None) -> T:
+        """Run ``op`` on a free link's connection within a bound (waits included), driver errors as StoreError.
 
         Any failure discards the connection. A failure of a connection made before this call (one that went
         stale in a server restart) is retried once on a fresh one. That is safe for every operation here: a
@@ -160,7 +163,7 @@ class PostgresStore:
             raise StoreError("the PostgreSQL store is not open")
         limit = bound or self._op_timeout
         try:
-            async with asyncio.timeout(limit), link.lock:
+            async with asyncio.timeout(limit), links.take() as link, link.lock:
                 for attempt in range(2):
                     reused = link.connected
                     conn = await link.connection(self._where)
@@ -189,20 +192,20 @@ class PostgresStore:
         self._open = True
         try:
             await self._run(self._writer, _migrate)
-            await self._run(self._reader, _select_one)
+            await self._run(self._readers, _select_one)
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
         self._open = False
-        for link in (self._writer, self._reader):
+        for link in (*self._writer.items, *self._readers.items):
             async with link.lock:
                 await link.discard()
 
     async def ping(self) -> bool:
         try:
-            return await self._run(self._reader, _select_one, bound=5.0)
+            return await self._run(self._readers, _select_one, bound=5.0)
         except Exception:
             return False
 
@@ -267,7 +270,7 @@ class PostgresStore:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
-        return await self._run(self._reader, fetch)
+        return await self._run(self._readers, fetch)
 
     async def load_offsets(self, group: str, topic: str) -> dict[int, int]:
         rows = await self._fetchall(_SQL.load_offsets, {"group": group, "topic": topic})

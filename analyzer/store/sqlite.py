@@ -1,4 +1,4 @@
-"""Embedded SQLite backend: one connection, WAL mode, blocking calls in a worker thread."""
+"""Embedded SQLite backend: one writing connection and a few reading ones, WAL mode, calls in worker threads."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from analyzer.errors import StoreError
 from analyzer.store import migrations as mig
 from analyzer.store.base import SQLITE, IncidentPage, IncidentQuery, IncidentRow, Silence, encode_cursor
 from analyzer.store.health import WriteHealth
+from analyzer.store.slots import Slots
 from analyzer.store.sql import (
     Op,
     alias_params,
@@ -49,29 +50,41 @@ BUSY_PAUSE = 0.02  # seconds before the first retry, doubling, with jitter
 MMAP_BYTES = 1 << 30  # address space, not memory: pages are the OS page cache's, shared by every connection
 
 
-class SqliteStore:
-    """The embedded default. ``path`` is a file path or ``:memory:``."""
+class _Connection:
+    """A connection and the thread lock of its calls: the caller's asyncio side keeps one call in flight, this
+    also covers a worker thread that outlives its cancelled caller (a thread cannot be interrupted), so the
+    next call never shares the connection."""
 
-    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.thread_lock = threading.Lock()
+
+    def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self.thread_lock:
+            return fn(self.conn)
+
+
+class SqliteStore:
+    """The embedded default. ``path`` is a file path or ``:memory:``; ``readers``: read connections."""
+
+    def __init__(self, path: str, *, busy_timeout: float = 10.0, readers: int = 1) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
+        self._writer: _Connection | None = None
         self._lock = asyncio.Lock()
-        # The asyncio lock keeps one call in flight; this one also covers a worker thread that outlives its
-        # cancelled caller (a thread cannot be interrupted), so the next call never shares the connection.
-        self._thread_lock = threading.Lock()
-        # Reads (the API) use a connection of their own: in WAL mode they never wait for a batch being written.
-        # A :memory: database exists once per connection, so there reads share the writer's.
-        self._reader: sqlite3.Connection | None = None
-        self._read_lock = asyncio.Lock()
-        self._read_thread_lock = threading.Lock()
+        # Reads (the API) use connections of their own: in WAL mode they never wait for a batch being written,
+        # and with several, a slow read never holds up the others. A :memory: database exists once per
+        # connection, so there reads share the writer's.
+        self._reader_count = max(1, readers)
+        self._readers: Slots[_Connection] | None = None
         self._health = WriteHealth(f"sqlite:{path}")
 
     def __repr__(self) -> str:
         return f"SqliteStore({self._path!r})"
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(self._conn, self._lock, self._thread_lock, fn)
+        async with self._lock:
+            return await self._call(self._writer, fn)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A write (one transaction or one statement), run again on SQLITE_BUSY (see BUSY_RETRIES)."""
@@ -79,43 +92,34 @@ class SqliteStore:
         return await self._run(lambda conn: retry_busy(lambda: fn(conn), budget))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._reader is None:
+        readers = self._readers
+        if readers is None:
             return await self._run(fn)
-        return await self._call(self._reader, self._read_lock, self._read_thread_lock, fn)
+        async with readers.take() as reader:
+            return await self._call(reader, fn)
 
-    async def _call(
-        self,
-        conn: sqlite3.Connection | None,
-        lock: asyncio.Lock,
-        thread_lock: threading.Lock,
-        fn: Callable[[sqlite3.Connection], T],
-    ) -> T:
+    async def _call(self, conn: _Connection | None, fn: Callable[[sqlite3.Connection], T]) -> T:
         if conn is None:
             raise StoreError("the SQLite store is not open")
-
-        def call() -> T:
-            with thread_lock:
-                return fn(conn)
-
-        async with lock:
-            try:
-                return await asyncio.to_thread(call)
-            except sqlite3.Error as e:
-                raise StoreError(bounded(f"SQLite {self._path}: {e}")) from e
+        try:
+            return await asyncio.to_thread(conn.call, fn)
+        except sqlite3.Error as e:
+            raise StoreError(bounded(f"SQLite {self._path}: {e}")) from e
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._conn is not None:
+        if self._writer is not None:
             return
         try:
-            self._conn = await asyncio.to_thread(self._connect)
+            self._writer = _Connection(await asyncio.to_thread(self._connect))
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open SQLite database {self._path}: {e}") from e
         try:
             await self._write(_migrate)
             if self._path != ":memory:":
-                self._reader = await asyncio.to_thread(self._connect)
+                readers = [_Connection(await asyncio.to_thread(self._connect)) for _ in range(self._reader_count)]
+                self._readers = Slots(readers)
         except BaseException:
             await self.close()
             raise
@@ -143,25 +147,14 @@ class SqliteStore:
         return conn
 
     async def close(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            async with self._read_lock:
-
-                def shut_reader() -> None:
-                    with self._read_thread_lock:
-                        reader.close()
-
-                await asyncio.to_thread(shut_reader)
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        async with self._lock:
-
-            def shut() -> None:
-                with self._thread_lock:
-                    conn.close()
-
-            await asyncio.to_thread(shut)
+        readers, self._readers = self._readers, None
+        for reader in readers.items if readers is not None else ():
+            # Waits for a call in flight on it (its thread lock); later calls find the store closed.
+            await asyncio.to_thread(reader.call, sqlite3.Connection.close)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            async with self._lock:
+                await asyncio.to_thread(writer.call, sqlite3.Connection.close)
 
     async def ping(self) -> bool:
         # On the reader connection: a probe never waits behind a batch write (WAL readers do not block).

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from analyzer.config import Settings
 from analyzer.incidents import StreamClock
 from analyzer.metrics import Metrics
-from analyzer.service import CatalogueHolder, Service, api_for
-from analyzer.store import Store, open_store
+from analyzer.service import CatalogueHolder, Service, api_for, store_for
+from analyzer.store import Store
 from analyzer.types import Changes, Evidence, IncidentKey, Interval
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ async def build_service(settings: Settings) -> Service:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     holder = CatalogueHolder.load(settings, metrics)
-    store = open_store(settings.store_url.get_secret_value())
+    store = store_for(settings)
     await store.open()
     clock = StreamClock(time.time, settings.allowed_lateness)
     return Service(settings, registry, metrics, store, holder, clock)

@@ -53,9 +53,10 @@ async def test_readyz_answers_in_time_when_the_store_hangs_and_503_while_writes_
     assert isinstance(store, SqliteStore)
     # A fresh probe is answered from cache, without touching the store.
     assert await api.service.probe_store()
-    # Every read (the probe's included) now hangs: the reader's thread lock is taken.
-    reader_lock: threading.Lock = store._read_thread_lock  # type: ignore[attr-defined]
-    reader_lock.acquire()
+    # Every read (the probe's included) now hangs: the readers' thread locks are taken.
+    reader_locks: list[threading.Lock] = [r.thread_lock for r in store._readers.items]  # type: ignore[attr-defined]
+    for lock in reader_locks:
+        lock.acquire()
     try:
         elapsed, _status, body = await timed_readyz(api)
         assert elapsed < LIMIT and body["store"] is True  # cached
@@ -64,7 +65,8 @@ async def test_readyz_answers_in_time_when_the_store_hangs_and_503_while_writes_
         elapsed, status, body = await timed_readyz(api)
         assert elapsed < LIMIT and status == 503 and body["store"] is False
     finally:
-        reader_lock.release()
+        for lock in reader_locks:
+            lock.release()
     # Reads answer again; a failing write still keeps it at 503 (from the store's cached write state).
     await store._run(lambda c: c.execute("PRAGMA query_only = ON"))  # type: ignore[attr-defined]
     with pytest.raises(StoreError, match="readonly"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -586,11 +587,49 @@ async def test_postgres_reconnects_after_losing_its_connections(
     await put(store, a, offsets=[OffsetUpdate("t", 0, None, 1)])
     assert await store.get_incident(a.id, 3.0) is not None  # both connections in use
     # Whitebox: end exactly this store's two server sessions (other sessions on the server are not ours).
-    pids = [link._conn.info.backend_pid for link in (store._writer, store._reader)]  # type: ignore[attr-defined]
+    links = (*store._writer.items, *store._readers.items)  # type: ignore[attr-defined]
+    pids = [link._conn.info.backend_pid for link in links if link._conn is not None]
     raw_execute(store_url, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
     assert await store.get_incident(a.id, 3.0) is not None
     await put(store, offsets=[OffsetUpdate("t", 0, 1, 2)])
     assert await store.load_offsets("g", "t") == {0: 2}
+
+
+@pytest.mark.parametrize("readers", [1, 2])
+async def test_a_slow_read_holds_up_the_others_only_without_a_spare_connection(store_url: str, readers: int) -> None:
+    """ANALYZER_STORE_READERS: while one read is stuck (the metrics' counts over every incident, a cold grouping
+    read), the others go through on another connection; with a single one they wait behind it."""
+    s = open_store(store_url, readers=readers)
+    await s.open()
+    a = iv("persistent", 1.0, 2.0)
+    await put(s, a, offsets=[OffsetUpdate("t", 0, None, 1)])
+    released = asyncio.Event()
+    # Whitebox: a read that holds its connection until released.
+    if isinstance(s, SqliteStore):
+        stuck_thread = threading.Event()
+        slow = asyncio.create_task(s._read(lambda c: stuck_thread.wait(10)))  # type: ignore[attr-defined]
+        released_hook: Callable[[], None] = stuck_thread.set
+    else:
+        assert isinstance(s, PostgresStore)
+
+        async def sleep_until_released(conn: Any) -> None:
+            await conn.execute("SELECT pg_sleep(0.05)")
+            await released.wait()
+
+        slow = asyncio.create_task(s._run(s._readers, sleep_until_released))  # type: ignore[attr-defined]
+        released_hook = released.set
+    try:
+        await asyncio.sleep(0.2)
+        assert not slow.done()
+        if readers > 1:
+            assert await asyncio.wait_for(s.get_incident(a.id, 3.0), 5.0) is not None
+        else:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(s.get_incident(a.id, 3.0), 0.5)
+    finally:
+        released_hook()
+        await slow
+        await s.close()
 
 
 async def test_a_blocked_write_gives_up_within_the_bound(store: Store, store_url: str) -> None:
@@ -739,7 +778,7 @@ async def test_postgres_replaces_a_connection_left_in_an_unexpected_state(
     if not store_url.startswith("postgres"):
         pytest.skip("PostgreSQL only")
     await put(store, offsets=[OffsetUpdate("t", 0, None, 1)])
-    writer = store._writer._conn  # type: ignore[attr-defined]
+    writer = store._writer.items[0]._conn  # type: ignore[attr-defined]
     # Whitebox: a session left inside a transaction (as after a cancelled call), or in pipeline mode (the
     # reported wedge after `pg_ctl restart`: "cannot exit pipeline mode while busy" on every later batch).
     if state == "in-transaction":
@@ -747,7 +786,7 @@ async def test_postgres_replaces_a_connection_left_in_an_unexpected_state(
     else:
         writer.pgconn.enter_pipeline_mode()
     await put(store, iv("persistent", 1.0, 2.0), offsets=[OffsetUpdate("t", 0, 1, 2)])
-    assert store._writer._conn is not writer  # type: ignore[attr-defined]
+    assert store._writer.items[0]._conn is not writer  # type: ignore[attr-defined]
     assert await store.load_offsets("g", "t") == {0: 2}
     assert store.write_failure() is None
 
