@@ -69,6 +69,12 @@ _V6_ORDERED = (
     "CREATE INDEX incidents_severity_recent ON incidents (severity, last_seen DESC, id DESC)",
 )
 
+# Version 7: the largest resolve_after in one index lookup. An incident is open or pending only while
+# stream_time - last_seen < resolve_after, so `last_seen > stream_time - MAX(resolve_after)` bounds those
+# statuses to the newest rows: reading every open incident (the metrics' open roots, the grouping's open
+# symptoms) scanned the whole table to evaluate the status of incidents settled days ago.
+_V7_RESOLVE_AFTER = ("CREATE INDEX incidents_resolve_after ON incidents (resolve_after)",)
+
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -119,6 +125,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "when each incident and alias was last written", tuple(x.format(real="REAL") for x in _V4_UPDATED)),
     Migration(5, "suppressed transients counted once", _V5_SUPPRESSION),
     Migration(6, "filter indexes in the page's order", _V6_ORDERED),
+    Migration(7, "the largest resolve_after, indexed", _V7_RESOLVE_AFTER),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -177,6 +184,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(5, "suppressed transients counted once", _V5_SUPPRESSION),
     Migration(6, "filter indexes in the page's order", _V6_ORDERED),
+    Migration(7, "the largest resolve_after, indexed", _V7_RESOLVE_AFTER),
 )
 
 

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from analyzer.errors import ConfigError, StaleOffsetError, StoreError
-from analyzer.incidents import merge
+from analyzer.incidents import merge, status_of
 from analyzer.store import IncidentQuery, Silence, Store, open_store
 from analyzer.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from analyzer.store.postgres import PostgresStore
@@ -299,6 +299,33 @@ async def test_status_is_derived_at_the_stream_time(
     assert await ids(store, stream_time=at, statuses=(expected,)) == [a.id]
     others = tuple(s for s in Status if s is not expected)
     assert await ids(store, stream_time=at, statuses=others) == []
+
+
+async def test_every_status_filter_finds_what_the_derived_status_says_whatever_resolve_after(store: Store) -> None:
+    """open and pending are read among the newest rows only (last seen after the stream time less the largest
+    resolve_after, an index range): with rules of short and long resolve_after, each status filter (and both
+    together) still returns exactly the incidents analyzer.incidents.status_of gives that status."""
+    import random
+
+    long = make_rule("long", resolve_after=3600.0)
+    long_transient = make_rule("long-transient", transient=120.0, resolve_after=1800.0)
+    rules = {**RULES, long.id: long, long_transient.id: long_transient}
+    rng = random.Random(20261129)
+    intervals = []
+    for n in range(300):
+        rule = rng.choice(list(rules.values()))
+        first = rng.uniform(0, 10_000)
+        intervals.append(iv(rule.id, first, first + rng.choice((0.0, 30.0, 90.0, 150.0, 600.0)), workload=f"w{n}"))
+    await store.commit_batch("g", Changes(tuple(intervals), None), [], rules)
+
+    def derived(i: Interval, at: float) -> Status:
+        rule = rules[i.rule_id]
+        return status_of(i.first_seen, i.last_seen, rule.transient, rule.resolve_after, at)
+
+    for at in (2_000.0, 6_000.0, 10_000.0, 10_700.0, 12_500.0, 20_000.0):
+        for wanted in [(s,) for s in Status] + [(Status.OPEN, Status.PENDING)]:
+            found = await ids(store, stream_time=at, statuses=wanted, limit=500)
+            assert sorted(found) == sorted(i.id for i in intervals if derived(i, at) in wanted), (at, wanted)
 
 
 async def test_counts_by_status(store: Store) -> None:
