@@ -9,6 +9,7 @@ through the store's ordinary list query, so one code path serves SQLite and Post
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,6 +29,8 @@ HULL_RATIO = 20
 MAX_READS = 16
 # Seconds of stream time past a root's window (and its slack) after which no new symptom is expected in it.
 SETTLE = 60.0
+# Shared reads of cause incidents cover whole buckets of this many seconds of stream time (see CauseReader._read).
+BUCKET = 3600.0
 
 
 T = TypeVar("T")
@@ -192,12 +195,20 @@ class CauseReader:
         self._names, self._targeted, self._targeted_ids, self._slack = _facts(rules)
 
     async def _read(self, query: IncidentQuery) -> list[IncidentRow]:
-        if self.recent is None:
+        """The cause incidents of a window. Shared: widened to whole buckets of stream time, so pages whose
+        windows differ by minutes ask the same read (more causes than the window holds change nothing: the
+        grouping checks each window exactly); a bucket long past keeps for ``settled_ttl``."""
+        if self.recent is None or query.since is None or query.until is None:
             return await _read_all(self.store, query)
+        lo, hi = math.floor(query.since / BUCKET) * BUCKET, math.ceil(query.until / BUCKET) * BUCKET
+        query = replace(query, since=lo, until=hi)
         # Not keyed by the stream time or the wall clock: they move every second under ingest, and decide only
         # the rows' statuses (and silences), which may lag like the rest of what is kept.
         key = ("read", replace(query, now=None, stream_time=0.0))
-        return await self.recent.get(key, lambda: _read_all(self.store, query), len)
+        # No cause incident can start in a bucket this far behind the stream any more; those read may still
+        # grow or change status (a lag like a settled root's).
+        settled = hi + SETTLE < self.stream_time
+        return await self.recent.get(key, lambda: _read_all(self.store, query), len, settled=settled)
 
     async def open_through_symptoms(self) -> list[IncidentRow]:
         """The cause incidents a symptom can hold open: up the chains of the open incidents a cause targets.
