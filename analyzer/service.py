@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 import time
@@ -397,6 +398,10 @@ async def run(settings: Settings) -> None:
         app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, lifespan="off"
     )
     server = _QuietServer(config)
+    # What start-up built (the compiled catalogue, the app, the imported modules) lives as long as the process:
+    # out of the collector's sight, a full collection no longer walks it (50 ms pauses of every request). A
+    # reload leaves no cyclic garbage (tests/api/test_rules_api.py), so nothing frozen outlives its use.
+    gc.freeze()
     tasks = [
         asyncio.create_task(_refresh_metrics(service, stop), name="metrics"),
         asyncio.create_task(server.serve(), name="http"),
