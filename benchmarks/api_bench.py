@@ -555,9 +555,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         "--modes",
-        default="one",
-        help="comma list: one (a single `serve`, role all), split (`--role ingest` on the measured CPU, `--role api` "
-        "on the other, as `serve --workers 1` runs them); each backend is measured in each mode, in this run",
+        default="split",
+        help="comma list: split (`--role ingest` on the measured CPU, `--role api` on the other, as `serve "
+        "--workers 1` runs them: the deployment the targets are for), one (a single `serve`, role all: the API and "
+        "the consumer share one core); each backend is measured in each mode, in this run",
     )
     args = p.parse_args(argv)
     windows = {"warmup": 3.0, "idle": 8.0, "cold": 3.0, "paced": 15.0, "max": 10.0}
