@@ -40,11 +40,13 @@ SIGNALS: Mapping[str, Expression] = MappingProxyType(
         # status/server.go, every failing probe (warn since 1.6, info before): "Envoy proxy is NOT ready: config
         # not received from XDS server ...", "... server is not live ...", "... workers have not yet started"
         PROXY_NOT_READY: Expression(r"Envoy proxy is NOT ready"),
-        # printed once as the agent (and Envoy) start: pkg/cmd PrintFlags, app/cmd.go "Version <BuildInfo>"
-        # (version-sha-status), pkg/envoy/agent.go, status server, xds proxy, pkg/envoy/proxy.go, Envoy's own
-        # first line; `pilot-agent wait`; before 1.10 the epoch-0 lines of the old agent.
+        # printed once as the agent (and Envoy) start: app/cmd.go "Version <BuildInfo>" (version-sha-status),
+        # pkg/envoy/agent.go, status server, xds proxy, pkg/envoy/proxy.go, Envoy's own first line; `pilot-agent
+        # wait`; before 1.10 the epoch-0 lines of the old agent. Not pkg/cmd PrintFlags' "FLAG: --name=value":
+        # one line per flag (dozens a start, and every istiod start too), and the same RunE logs "Version" right
+        # after it in every release since 1.1 (pilot-agent main.go / app/cmd.go), so the start is dated anyway.
         PROXY_STARTING: Expression(
-            r"FLAG: --|Starting proxy agent"
+            r"Starting proxy agent"
             r"|Version [0-9]+\.[0-9]+\.[0-9][0-9A-Za-z.+_-]{0,60}-(?:[0-9a-f]{40}|unknown)-"
             r"|Opening status port [0-9]|Initializing with upstream address|Envoy command: \[|initializing epoch 0 \("
             r"|Waiting for Envoy proxy to be ready|Epoch 0 starting|creating new Envoy epoch 0"

@@ -66,10 +66,11 @@ SIGNAL_LINES: list[tuple[str, set[str]]] = [
         '"msg":"Envoy proxy is NOT ready: workers have not yet started"}',
         {PROXY_NOT_READY},
     ),
-    # corpus pilot-agent-startup-flags, istio/istio#29109 (kubectl --timestamps prefix)
-    ('2020-11-22T19:32:17.857583542Z 2020-11-22T19:32:17.857430Z\tinfo\tFLAG: --concurrency="2"', {PROXY_STARTING}),
+    # corpus pilot-agent-startup-flags, istio/istio#29109 (kubectl --timestamps prefix): one line per flag, no
+    # signal of its own (the "Version" line that follows it in the same function dates the start)
+    ('2020-11-22T19:32:17.857583542Z 2020-11-22T19:32:17.857430Z\tinfo\tFLAG: --concurrency="2"', set()),
     # corpus istiod-json-startup (log_as_json)
-    ('{"level":"info","time":"2023-05-10T17:43:55.356647Z","msg":"FLAG: --log_as_json=\\"true\\""}', {PROXY_STARTING}),
+    ('{"level":"info","time":"2023-05-10T17:43:55.356647Z","msg":"FLAG: --log_as_json=\\"true\\""}', set()),
     # corpus pilot-agent-startup, istio/istio#33813
     (
         "2021-07-11T20:50:49.662161Z     info    xdsproxy        Initializing with upstream address "
