@@ -54,10 +54,10 @@ class Warning_:
 class CompiledCatalogue:
     """The compiled databases for one catalogue (plus internal signals).
 
-    ``db`` is the exact database over decoded log text; ``prefilter`` is a literal database over raw
+    ``db`` is the exact database over decoded log text; ``windowed`` is the literal prefilter over raw
     JSON-encoded records: every expression's match implies one of its required ``literals``, none of which
-    contains a character a JSON encoder escapes, so a record without a literal hit cannot match. It holds a
-    window of each long literal (``windows``); ``windowed`` confirms a window's hit against the full forms.
+    contains a character a JSON encoder escapes, so a record without a literal hit cannot match. Its database
+    holds a window of each long literal (``windows``), and a window's hit is confirmed against the full forms.
     """
 
     def __init__(
@@ -77,7 +77,6 @@ class CompiledCatalogue:
         self.owners = tuple(e.owner for e in entries)
         self.db = db
         self.windowed = windowed
-        self.prefilter = windowed.db
         self.literals = tuple(literals)  # (literal, caseless), one set per expression
         self.windows = tuple(windows)  # (form, caseless, window): one per prefilter form
 
@@ -89,7 +88,12 @@ class CompiledCatalogue:
     @property
     def prefilter_forms(self) -> list[tuple[bytes, bool]]:
         """Every form the literals take in a raw record (a quote also as \\"): what the prefilter looks for."""
-        return [(form, caseless) for lit, caseless in self.literals for form in variants(lit)]
+        return _raw_forms(self.literals)
+
+
+def _raw_forms(literals: Sequence[tuple[bytes, bool]]) -> list[tuple[bytes, bool]]:
+    """Every form the (literal, caseless) pairs take in a raw record: a quote also JSON-escaped (\\")."""
+    return [(form, caseless) for lit, caseless in literals for form in variants(lit)]
 
 
 def _excludes(catalogue: Catalogue) -> dict[str, tuple[re.Pattern[bytes], ...]]:
@@ -261,8 +265,9 @@ def compile_catalogue(
     literals_path = cache / f"{key}.literals.json"
 
     db, prefilter, cached = _load_cached(exact_path), _load_cached(pre_path), _load_literals(literals_path)
-    from_cache = db is not None and prefilter is not None and cached is not None
-    if cached is not None and prefilter is not None and from_cache:
+    from_cache = False
+    if db is not None and prefilter is not None and cached is not None:
+        from_cache = True
         literals, windows = cached
         windowed = compile_windows(windows, prefilter)
     else:
@@ -278,8 +283,7 @@ def compile_catalogue(
                 problems = [RuleProblem("<catalogue>", None, f"Hyperscan cannot compile the catalogue: {exc}")]
             raise CatalogueError(problems) from exc
         db.scratch = hyperscan.Scratch(db)
-        # The same forms as CompiledCatalogue.prefilter_forms, each as its window.
-        encoded = [(form, caseless) for lit, caseless in literals for form in variants(lit)]
+        encoded = _raw_forms(literals)
         chosen = choose_windows(encoded)
         windows = [(form, caseless, chosen[(form, caseless)]) for form, caseless in encoded]
         windowed = compile_windows(windows)

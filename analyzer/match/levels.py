@@ -72,7 +72,7 @@ class CombinedPrefilter:
     """The catalogue's literal prefilter and the level literals in one database: one scan per batch.
 
     A record it flags may hold a rule's literal, a level word, or both; the pipeline decodes it either way
-    (error lines are few). Build it only when the catalogue has a literal prefilter (``compiled.prefilter``).
+    (error lines are few).
     """
 
     def __init__(self, compiled: CompiledCatalogue) -> None:

@@ -41,7 +41,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> CompiledCatalogue:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=records)
 def test_every_record_to_refuse_is_a_suspect(compiled: CompiledCatalogue, values: list[bytes]) -> None:
-    _, suspects = screen_and_scan(compiled.prefilter, values, MAX)
+    _, suspects = screen_and_scan(compiled.windowed, values, MAX)
     assert {i for i, v in enumerate(values) if odd(v)} <= set(suspects.tolist())
 
 
