@@ -55,6 +55,7 @@ from analyzer.broker import LocalBroker, ensure_topics  # noqa: E402
 from analyzer.catalogue import default_patterns_dir, load_catalogue  # noqa: E402
 from analyzer.store import open_store  # noqa: E402
 from analyzer.types import Changes, Evidence, IncidentKey, Interval, Rule  # noqa: E402
+from tests.conftest import pg_schema  # noqa: E402  (the tests' fresh-schema helper, one copy)
 
 PG_DSN = os.environ.get("ANALYZER_TEST_POSTGRES_DSN", "postgresql://root@127.0.0.1:5432/test")
 TARGET_P99_MS = 100.0
@@ -618,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if backend == "sqlite":
                     ctx = contextlib.nullcontext(f"sqlite:///{workdir / f'api-{mode}.db'}")
                 else:
-                    ctx = e2e.pg_schema(PG_DSN)
+                    ctx = pg_schema(PG_DSN)
                 with ctx as url:
                     result = run_backend(
                         f"{backend}, {mode}",

@@ -98,21 +98,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-@contextlib.contextmanager
-def pg_schema(dsn: str) -> Iterator[str]:
-    """A fresh schema; yields a store URL whose search_path points at it. Dropped afterwards."""
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            sep = "&" if "?" in dsn else "?"
-            yield f"{dsn}{sep}options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 def cpus() -> set[int]:
     return set(range(os.cpu_count() or 1))
 

@@ -41,10 +41,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus as corpus_mod  # noqa: E402
-from e2e_bench import cpu_seconds, machine_busy, make_records, pg_schema, produce  # noqa: E402
+from e2e_bench import cpu_seconds, machine_busy, make_records, produce  # noqa: E402
 
 from analyzer.broker import LocalBroker, ensure_topics, free_port  # noqa: E402
 from analyzer.store import open_store  # noqa: E402
+from tests.conftest import pg_schema  # noqa: E402  (the tests' fresh-schema helper, one copy)
 
 SERVE = Path(sys.executable).parent / "mesh-analyzer"
 TARGET_RATIO = 1.4  # issue 9 part 5: 2 workers >= 1.4x one worker on a 2-core machine
