@@ -177,7 +177,7 @@ async def _read_all(store: Store, query: IncidentQuery) -> list[IncidentRow]:
 class CauseReader:
     """One read's view of the grouping: each batch of rows to show is grouped against the cause incidents near
     it (up their chains) and, for its roots, against the incidents of the rules they cause inside their windows.
-    With ``recent``, what it reads or derives is shared with the other reads of the last second."""
+    With ``recent``, what it reads or derives is shared with the other reads of the last few seconds."""
 
     def __init__(
         self,
